@@ -1,0 +1,57 @@
+# Two commands do everything: `make demo` (the pipeline, then the dashboard) and `make test`.
+# Override any variable on the command line, for example `make setup TORCH="torch"`.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# How torch is installed. "auto" takes the local CPU build (torch==2.13.0) where this machine
+# has it and PyPI's default build (CUDA on Linux) elsewhere. Give a pip requirement to choose,
+# e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cu124" on a GPU machine or
+# TORCH="torch --index-url https://download.pytorch.org/whl/cpu" on a laptop without one.
+TORCH ?= auto
+LOCAL_TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+export PATH := $(abspath $(BIN)):$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo pipeline test lint format clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
+		echo "torch $$($(BIN)/python -c 'import torch; print(torch.__version__)') already installed"; \
+	elif [ "$(TORCH)" != "auto" ]; then \
+		$(BIN)/python -m pip install $(TORCH); \
+	elif $(BIN)/python -m pip install --quiet --no-index --no-deps "$(LOCAL_TORCH)" 2>/dev/null; then \
+		echo "installed the local CPU build $(LOCAL_TORCH)"; \
+	else \
+		echo "no local torch wheel: installing torch from PyPI"; \
+		$(BIN)/python -m pip install torch; \
+	fi
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+demo: setup
+	$(BIN)/python -m stages.params
+	$(BIN)/dvc repro
+	@echo "Pipeline done: data in data/processed, results in outputs/ ('dvc metrics show', 'dvc plots show')."
+
+pipeline: demo
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint:
+	$(BIN)/ruff check stages dashboard tests bench
+	$(BIN)/ruff format --check stages dashboard tests bench
+
+format:
+	$(BIN)/ruff format stages dashboard tests bench
+	$(BIN)/ruff check --fix stages dashboard tests bench
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,156 @@
+"""Fetch files over HTTP the way a flaky image host needs: bounded concurrency, time-outs,
+retries with backoff on 5xx and time-outs (never on 404), and a cache that makes reruns resume."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from requests.adapters import HTTPAdapter
+from tqdm import tqdm
+from urllib3.util.retry import Retry
+
+from stages.fsutil import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+USER_AGENT = "pokemon-lora/0.1 (+https://dvc.org)"
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    timeout: float = 10.0  # seconds, for connecting and for each read
+    retries: int = 3
+    backoff: float = 0.5  # seconds before the first retry; doubles each time
+    concurrency: int = 8
+
+
+@dataclass
+class FetchResult:
+    key: object  # the caller's name for the item (a Pokémon id)
+    url: str
+    path: Path | None = None  # the cached file when it succeeded
+    cached: bool = False  # True when it was already there and valid: not fetched again
+    error: str | None = None
+
+
+def is_url(text: str) -> bool:
+    return text.lower().startswith(("http://", "https://"))
+
+
+def make_session(settings: FetchSettings) -> requests.Session:
+    retry = Retry(
+        total=settings.retries,
+        connect=settings.retries,
+        read=settings.retries,
+        status=settings.retries,
+        backoff_factor=settings.backoff,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=frozenset({"GET"}),
+        respect_retry_after_header=True,
+        raise_on_status=False,  # hand back the last 5xx so that we can report it
+    )
+    session = requests.Session()
+    adapter = HTTPAdapter(
+        max_retries=retry, pool_connections=settings.concurrency, pool_maxsize=settings.concurrency
+    )
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def describe_failure(error: Exception, settings: FetchSettings) -> str:
+    """A reason a person can act on, in place of a urllib3 trace."""
+    tries = f"after {settings.retries + 1} attempts"
+    if isinstance(error, requests.exceptions.Timeout):
+        return f"timed out ({settings.timeout:g} s) {tries}"
+    if isinstance(error, requests.exceptions.ConnectionError):
+        inner = error.args[0] if error.args else error
+        reason = getattr(inner, "reason", inner)
+        return f"connection failed {tries}: {reason}"
+    return f"{type(error).__name__}: {error}"
+
+
+def get_bytes(session: requests.Session, url: str, settings: FetchSettings) -> bytes:
+    """GET `url`; raise FetchError with the reason on an HTTP error or a network failure."""
+    try:
+        response = session.get(url, timeout=settings.timeout)
+    except requests.exceptions.RequestException as error:
+        raise FetchError(describe_failure(error, settings)) from None
+    if response.status_code >= 400:
+        retried = response.status_code in RETRY_STATUSES and settings.retries > 0
+        suffix = f" after {settings.retries + 1} attempts" if retried else ""
+        raise FetchError(f"HTTP {response.status_code} {response.reason}{suffix}")
+    return response.content
+
+
+class FetchError(RuntimeError):
+    """A download failed; the message says why."""
+
+
+def cache_path(cache_dir: Path, url: str) -> Path:
+    return cache_dir / hashlib.sha256(url.encode("utf-8")).hexdigest()[:32]
+
+
+def fetch_all(
+    items: Iterable[tuple[object, str]],
+    cache_dir: Path,
+    settings: FetchSettings,
+    validate: Callable[[bytes], None],
+    desc: str = "download",
+) -> list[FetchResult]:
+    """Download each (key, url) into `cache_dir`, `settings.concurrency` at a time.
+
+    A file already in the cache that passes `validate` is not fetched again, so an interrupted
+    run resumes where it stopped. `validate` raises ValueError for bad content (a corrupt
+    image): such a file is reported, not kept, and not retried (the server would send it again).
+    Failures never raise: each comes back with its reason.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    local = threading.local()
+
+    def session() -> requests.Session:
+        if not hasattr(local, "session"):
+            local.session = make_session(settings)
+        return local.session
+
+    def one(key: object, url: str) -> FetchResult:
+        target = cache_path(cache_dir, url)
+        if target.exists():
+            try:
+                validate(target.read_bytes())
+                return FetchResult(key, url, target, cached=True)
+            except ValueError:
+                target.unlink()  # a bad leftover: fetch it again
+        try:
+            data = get_bytes(session(), url, settings)
+            validate(data)
+        except FetchError as error:
+            return FetchResult(key, url, error=str(error))
+        except ValueError as error:
+            return FetchResult(key, url, error=f"bad content: {error}")
+        atomic_write_bytes(target, data)
+        return FetchResult(key, url, target)
+
+    items = list(items)
+    results: list[FetchResult | None] = [None] * len(items)
+    with (
+        ThreadPoolExecutor(max_workers=settings.concurrency) as pool,
+        tqdm(total=len(items), desc=desc, unit="file") as bar,
+    ):
+        futures = {pool.submit(one, key, url): i for i, (key, url) in enumerate(items)}
+        for future in as_completed(futures):
+            result = future.result()
+            if result.error:
+                log.warning("%s: %s", result.url, result.error)
+            results[futures[future]] = result
+            bar.update()
+    return [r for r in results if r is not None]
