@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from stages.errors import StageError
+from stages.errors import ParamsError, StageError
 
 
 def run_stage(main: Callable[[], None]) -> None:
@@ -17,11 +17,12 @@ def run_stage(main: Callable[[], None]) -> None:
     except StageError as error:
         for line in str(error).splitlines():
             print(f"error: {line}", file=sys.stderr)
-        print(
-            "error: nothing was written. Fix the problem above and run the stage again "
-            "(outputs of the last good run stay in the DVC cache: `dvc checkout` restores them).",
-            file=sys.stderr,
-        )
+        if isinstance(error, ParamsError):
+            print(
+                "error: nothing was written. Fix params.yaml and run again (outputs of the last "
+                "good run stay in the DVC cache: `dvc checkout` restores them).",
+                file=sys.stderr,
+            )
         sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted; no output was written", file=sys.stderr)

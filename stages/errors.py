@@ -1,5 +1,9 @@
-"""The one exception type a stage raises for a problem the user can fix."""
+"""The exceptions a stage raises for a problem that the user can fix."""
 
 
 class StageError(Exception):
     """A problem with the input or the environment, told in one line that says how to fix it."""
+
+
+class ParamsError(StageError):
+    """params.yaml is missing, unreadable or holds a bad value."""

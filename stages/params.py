@@ -15,12 +15,9 @@ from PIL import ImageColor
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from stages import paths
-from stages.errors import StageError
+from stages.cli import run_stage
+from stages.errors import ParamsError
 from stages.pokemon import TYPES, URL_FIELDS, canonical_type, check_template
-
-
-class ParamsError(StageError):
-    """params.yaml is missing, unreadable or holds a bad value."""
 
 
 class Section(BaseModel):
@@ -153,7 +150,10 @@ def describe_errors(error: ValidationError, prefix: str, path: Path) -> list[str
             lines.append(f"{path}: unknown key {key}; allowed keys in {prefix}: {allowed}")
             continue
         shown = item.get("input")
-        lines.append(f"{path}: {key} = {shown!r} is not allowed: {message}")
+        if shown is None:
+            lines.append(f"{path}: {key} is not set: {message}")
+        else:
+            lines.append(f"{path}: {key} = {shown!r} is not allowed: {message}")
     return lines
 
 
@@ -194,6 +194,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from stages.cli import run_stage
-
     run_stage(main)

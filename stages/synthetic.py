@@ -522,13 +522,15 @@ def synthetic_stats(count: int, seed: int) -> pd.DataFrame:
     """A Pokédex of `count` creatures in the real stats CSV's shape.
 
     Columns: id, name, type1, type2, generation, hp, attack, defense, speed. Every type
-    appears at least twice; the rest follow the real type frequencies.
+    appears at least twice (once below 36 creatures); the rest follow the real frequencies.
     """
     rng = np.random.default_rng([seed, 0])
     weights = np.array([TYPE_WEIGHTS[t] for t in TYPES], dtype=float)
-    types = [t for t in TYPES for _ in range(2)]
-    types += list(rng.choice(TYPES, size=max(0, count - len(types)), p=weights / weights.sum()))
-    types = [str(t) for t in rng.permutation(types[:count])]
+    if count < len(TYPES):
+        raise ValueError(f"count must be at least {len(TYPES)}, one per type; got {count}")
+    types = [t for t in TYPES for _ in range(2 if count >= 2 * len(TYPES) else 1)]
+    types += list(rng.choice(TYPES, size=count - len(types), p=weights / weights.sum()))
+    types = [str(t) for t in rng.permutation(types)]
     rows, taken = [], set()
     for i, type1 in enumerate(types, start=1):
         type2 = str(rng.choice([t for t in TYPES if t != type1])) if rng.random() < 0.4 else None

@@ -1,0 +1,136 @@
+"""Shared fixtures: the repository, stage runs in a scratch folder, a local flaky HTTP server."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def stage_env(cache: Path) -> dict[str, str]:
+    """Environment of a stage run: the venv's python and dvc first, a private download cache."""
+    env = os.environ.copy()
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["POKEMON_LORA_CACHE"] = str(cache)
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def default_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    result = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+@dataclass
+class Workdir:
+    """A scratch folder to run stages in, as `python -m stages.<name>` from the repository."""
+
+    path: Path
+    cache: Path
+
+    def write_params(self, **sections: dict) -> None:
+        params = merged(default_params(), sections)
+        (self.path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+
+    def run(self, stage: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [sys.executable, "-m", f"stages.{stage}"],
+            cwd=self.path,
+            env=stage_env(self.cache),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"stage {stage} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Workdir:
+    work = Workdir(tmp_path / "work", tmp_path / "cache")
+    work.path.mkdir()
+    work.write_params()
+    return work
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    delay: float = 0.0  # seconds before the headers: longer than the client's time-out = time-out
+    content_type: str = "application/octet-stream"
+
+
+@dataclass
+class FlakyServer:
+    """An HTTP server on 127.0.0.1 serving scripted replies; each path's replies are played in
+    order and the last one repeats. Unknown paths get a 404. Counts every request per path."""
+
+    routes: dict[str, list[Reply]] = field(default_factory=dict)
+    hits: Counter = field(default_factory=Counter)
+    url: str = ""
+
+    def add(self, path: str, *replies: Reply) -> str:
+        self.routes[path] = list(replies)
+        return self.url + path
+
+
+@pytest.fixture
+def flaky_server() -> Iterator[FlakyServer]:
+    state = FlakyServer()
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the name http.server expects)
+            with lock:
+                n = state.hits[self.path]
+                state.hits[self.path] += 1
+                replies = state.routes.get(self.path) or [Reply(404, b"not found")]
+                reply = replies[min(n, len(replies) - 1)]
+            time.sleep(reply.delay)
+            try:
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.content_type)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (a time-out): expected
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
