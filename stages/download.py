@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 from urllib3.util.retry import Retry
@@ -70,11 +71,11 @@ def make_session(settings: FetchSettings) -> requests.Session:
 def describe_failure(error: Exception, settings: FetchSettings) -> str:
     """A reason a person can act on, in place of a urllib3 trace."""
     tries = f"after {settings.retries + 1} attempts"
-    if isinstance(error, requests.exceptions.Timeout):
+    inner = error.args[0] if error.args else error
+    reason = getattr(inner, "reason", inner)  # what MaxRetryError wraps: the last failure
+    if isinstance(error, requests.exceptions.Timeout) or isinstance(reason, urllib3.exceptions.TimeoutError):
         return f"timed out ({settings.timeout:g} s) {tries}"
     if isinstance(error, requests.exceptions.ConnectionError):
-        inner = error.args[0] if error.args else error
-        reason = getattr(inner, "reason", inner)
         return f"connection failed {tries}: {reason}"
     return f"{type(error).__name__}: {error}"
 
