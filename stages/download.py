@@ -73,7 +73,9 @@ def describe_failure(error: Exception, settings: FetchSettings) -> str:
     tries = f"after {settings.retries + 1} attempts"
     inner = error.args[0] if error.args else error
     reason = getattr(inner, "reason", inner)  # what MaxRetryError wraps: the last failure
-    if isinstance(error, requests.exceptions.Timeout) or isinstance(reason, urllib3.exceptions.TimeoutError):
+    if isinstance(error, requests.exceptions.Timeout) or isinstance(
+        reason, urllib3.exceptions.TimeoutError
+    ):
         return f"timed out ({settings.timeout:g} s) {tries}"
     if isinstance(error, requests.exceptions.ConnectionError):
         return f"connection failed {tries}: {reason}"

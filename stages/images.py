@@ -51,7 +51,7 @@ def flatten(image: Image.Image, background: str = "#FFFFFF") -> Image.Image:
     if not has_transparency(image):
         return image.convert("RGB")
     rgba = image.convert("RGBA")
-    canvas = Image.new("RGBA", rgba.size, ImageColor.getrgb(background)[:3] + (255,))
+    canvas = Image.new("RGBA", rgba.size, (*ImageColor.getrgb(background)[:3], 255))
     return Image.alpha_composite(canvas, rgba).convert("RGB")
 
 

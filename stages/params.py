@@ -119,7 +119,8 @@ class Params(BaseModel):
 
 
 SECTIONS: dict[str, type[Section]] = {
-    name: field.annotation for name, field in Params.model_fields.items()  # type: ignore[misc]
+    name: field.annotation
+    for name, field in Params.model_fields.items()  # type: ignore[misc]
 }
 
 
@@ -145,7 +146,7 @@ def describe_errors(error: ValidationError, prefix: str, path: Path) -> list[str
         key = ".".join([prefix, *map(str, item["loc"])]) if prefix else ".".join(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            section = SECTIONS[prefix] if prefix in SECTIONS else Params
+            section = SECTIONS.get(prefix, Params)
             allowed = ", ".join(section.model_fields)
             lines.append(f"{path}: unknown key {key}; allowed keys in {prefix}: {allowed}")
             continue

@@ -151,9 +151,8 @@ def check_template(template: str, allowed: tuple[str, ...], sample: Mapping[str,
     unknown = sorted({f for f in fields if f.split(".")[0].split("[")[0] not in allowed})
     if unknown or any(f == "" for f in fields):
         names = ", ".join("{" + f + "}" for f in unknown) or "{}"
-        raise ValueError(
-            f"the template uses {names}; allowed fields: {', '.join('{' + a + '}' for a in allowed)}"
-        )
+        accepted = ", ".join("{" + a + "}" for a in allowed)
+        raise ValueError(f"the template uses {names}; allowed fields: {accepted}")
     try:
         template.format(**sample)
     except (ValueError, KeyError, IndexError, AttributeError) as error:

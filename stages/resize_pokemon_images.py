@@ -54,11 +54,9 @@ def main() -> None:
     with atomic_dir(paths.IMAGES) as all_dir, atomic_dir(paths.LORA_DATASET) as lora_dir:
         for _, row in tqdm(stats.iterrows(), total=len(stats), desc="resize", unit="img"):
             source = raw.get(int(row["id"]))
-            if source is None:
-                skipped.append({"id": int(row["id"]), "name": row["name"],
-                                "reason": f"no raw image (see {paths.SCRAPE_REPORT})"})  # fmt: skip
-                continue
             try:
+                if source is None:
+                    raise BadImageError(f"no raw image (see {paths.SCRAPE_REPORT})")
                 image = to_square(read_image(source), settings.size, settings.background)
             except BadImageError as error:
                 skipped.append({"id": int(row["id"]), "name": row["name"], "reason": str(error)})

@@ -74,7 +74,9 @@ def copy_from_folder(stats: pd.DataFrame, folder: Path, out: Path) -> list[dict]
         try:
             (out / raw_name(row.id, data)).write_bytes(data)
         except BadImageError as error:
-            failures.append({"id": row.id, "name": row.name, "url": str(path), "reason": str(error)})
+            failures.append(
+                {"id": row.id, "name": row.name, "url": str(path), "reason": str(error)}
+            )
     return failures
 
 

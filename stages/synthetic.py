@@ -119,10 +119,17 @@ Cue = Callable[[ImageDraw.ImageDraw, Body, RGB, RGB, np.random.Generator], None]
 def _flame(draw: ImageDraw.ImageDraw, x: float, y: float, h: float, outer: RGB, inner: RGB):
     w = h * 0.45
     draw.polygon(
-        [(x - w, y), (x - w * 0.7, y - h * 0.5), (x - w * 0.2, y - h * 0.35), (x, y - h),
-         (x + w * 0.3, y - h * 0.45), (x + w * 0.75, y - h * 0.6), (x + w, y)],
+        [
+            (x - w, y),
+            (x - w * 0.7, y - h * 0.5),
+            (x - w * 0.2, y - h * 0.35),
+            (x, y - h),
+            (x + w * 0.3, y - h * 0.45),
+            (x + w * 0.75, y - h * 0.6),
+            (x + w, y),
+        ],
         fill=outer,
-    )  # fmt: skip
+    )
     draw.ellipse((x - w * 0.5, y - h * 0.45, x + w * 0.5, y + w * 0.2), fill=inner)
 
 
@@ -138,19 +145,25 @@ def cue_water(draw, body, accent, colour, rng):
     # dorsal fin on the back and a forked tail fin
     x0 = body.cx - body.rx * rng.uniform(0.1, 0.4)
     draw.polygon(
-        [(x0 - body.rx * 0.35, body.top + body.ry * 0.25), (x0 + body.rx * 0.1, body.top - body.ry * 0.7),
-         (x0 + body.rx * 0.45, body.top + body.ry * 0.2)],
+        [
+            (x0 - body.rx * 0.35, body.top + body.ry * 0.25),
+            (x0 + body.rx * 0.1, body.top - body.ry * 0.7),
+            (x0 + body.rx * 0.45, body.top + body.ry * 0.2),
+        ],
         fill=accent,
-    )  # fmt: skip
+    )
     tx, ty = body.at(180, 0.9)
     s = body.ry * 0.6
-    draw.polygon([(tx, ty), (tx - s, ty - s * 0.9), (tx - s * 0.6, ty), (tx - s, ty + s * 0.9)],
-                 fill=accent)  # fmt: skip
+    draw.polygon(
+        [(tx, ty), (tx - s, ty - s * 0.9), (tx - s * 0.6, ty), (tx - s, ty + s * 0.9)], fill=accent
+    )
     for _ in range(int(rng.integers(2, 5))):  # bubbles
         bx = body.cx + body.rx * rng.uniform(0.9, 1.5)
         by = body.cy - body.ry * rng.uniform(0.3, 1.4)
         r = body.rx * rng.uniform(0.06, 0.13)
-        draw.ellipse((bx - r, by - r, bx + r, by + r), outline=(120, 190, 250), width=max(2, int(r / 3)))
+        draw.ellipse(
+            (bx - r, by - r, bx + r, by + r), outline=(120, 190, 250), width=max(2, int(r / 3))
+        )
 
 
 def _leaf(draw, x, y, length, angle, fill, vein):
@@ -173,16 +186,32 @@ def _leaf(draw, x, y, length, angle, fill, vein):
 
 def cue_grass(draw, body, accent, colour, rng):
     x, y = body.cx + body.rx * rng.uniform(-0.2, 0.2), body.top + body.ry * 0.1
-    _leaf(draw, x, y, body.ry * rng.uniform(0.9, 1.3), -90 + rng.uniform(-35, 35), accent,
-          darker(accent))  # fmt: skip
+    _leaf(
+        draw,
+        x,
+        y,
+        body.ry * rng.uniform(0.9, 1.3),
+        -90 + rng.uniform(-35, 35),
+        accent,
+        darker(accent),
+    )
     if rng.random() < 0.5:
-        _leaf(draw, x, y, body.ry * 0.7, -90 + rng.choice([-60, 60]), (60, 160, 60), darker(accent))
+        _leaf(
+            draw, x, y, body.ry * 0.7, -90 + rng.choice([-60, 60]), (60, 160, 60), darker(accent)
+        )
 
 
 def _bolt(draw, x, y, h, fill, outline):
     w = h * 0.35
-    pts = [(x, y), (x + w, y - h * 0.35), (x + w * 0.35, y - h * 0.4), (x + w * 1.1, y - h),
-           (x - w * 0.3, y - h * 0.5), (x + w * 0.2, y - h * 0.45), (x - w * 0.4, y)]  # fmt: skip
+    pts = [
+        (x, y),
+        (x + w, y - h * 0.35),
+        (x + w * 0.35, y - h * 0.4),
+        (x + w * 1.1, y - h),
+        (x - w * 0.3, y - h * 0.5),
+        (x + w * 0.2, y - h * 0.45),
+        (x - w * 0.4, y),
+    ]
     draw.polygon(pts, fill=fill, outline=outline, width=max(2, int(h / 25)))
 
 
@@ -195,10 +224,22 @@ def cue_electric(draw, body, accent, colour, rng):
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(230, 50, 40))
         ex = body.cx + side * body.rx * 0.45
         tip = (ex + side * body.rx * 0.3, body.top - body.ry * 0.75)
-        draw.polygon([(ex - body.rx * 0.18, body.top + body.ry * 0.2), tip,
-                      (ex + body.rx * 0.18, body.top + body.ry * 0.2)], fill=colour)  # fmt: skip
-        draw.polygon([tip, (tip[0] - side * body.rx * 0.12, tip[1] + body.ry * 0.3),
-                      (tip[0] - side * body.rx * -0.05, tip[1] + body.ry * 0.3)], fill=accent)  # fmt: skip
+        draw.polygon(
+            [
+                (ex - body.rx * 0.18, body.top + body.ry * 0.2),
+                tip,
+                (ex + body.rx * 0.18, body.top + body.ry * 0.2),
+            ],
+            fill=colour,
+        )
+        draw.polygon(
+            [
+                tip,
+                (tip[0] - side * body.rx * 0.12, tip[1] + body.ry * 0.3),
+                (tip[0] - side * body.rx * -0.05, tip[1] + body.ry * 0.3),
+            ],
+            fill=accent,
+        )
 
 
 def cue_ice(draw, body, accent, colour, rng):
@@ -210,23 +251,39 @@ def cue_ice(draw, body, accent, colour, rng):
         length = body.ry * rng.uniform(0.45, 0.75)
         tip = (bx + math.cos(a) * length, by + math.sin(a) * length)
         px, py = -math.sin(a) * body.rx * 0.12, math.cos(a) * body.rx * 0.12
-        draw.polygon([(bx + px, by + py), tip, (bx - px, by - py)], fill=accent,
-                     outline=(120, 190, 230), width=2)  # fmt: skip
+        draw.polygon(
+            [(bx + px, by + py), tip, (bx - px, by - py)],
+            fill=accent,
+            outline=(120, 190, 230),
+            width=2,
+        )
 
 
 def cue_fighting(draw, body, accent, colour, rng):
     y = body.cy + body.ry * 0.72  # a belt
-    draw.rectangle((body.cx - body.rx * 0.95, y - body.ry * 0.1, body.cx + body.rx * 0.95,
-                    y + body.ry * 0.1), fill=(40, 40, 40))  # fmt: skip
+    draw.rectangle(
+        (body.cx - body.rx * 0.95, y - body.ry * 0.1, body.cx + body.rx * 0.95, y + body.ry * 0.1),
+        fill=(40, 40, 40),
+    )
     for side in (-1, 1):  # big fists with white wraps
         fx, fy = body.cx + side * body.rx * 1.15, body.cy + body.ry * rng.uniform(-0.3, 0.2)
         r = body.rx * 0.3
-        draw.ellipse((fx - r, fy - r, fx + r, fy + r), fill=accent, outline=darker(colour), width=3)
+        draw.ellipse(
+            (fx - r, fy - r, fx + r, fy + r), fill=accent, outline=darker(colour), width=3
+        )
     for side in (-1, 1):  # angry brows
         bx = body.cx + side * body.rx * 0.3
         by = body.cy - body.ry * 0.45
-        draw.line((bx - side * body.rx * 0.2, by - body.ry * 0.12, bx + side * body.rx * 0.15,
-                   by + body.ry * 0.05), fill=(30, 20, 20), width=max(3, int(body.rx / 10)))  # fmt: skip
+        draw.line(
+            (
+                bx - side * body.rx * 0.2,
+                by - body.ry * 0.12,
+                bx + side * body.rx * 0.15,
+                by + body.ry * 0.05,
+            ),
+            fill=(30, 20, 20),
+            width=max(3, int(body.rx / 10)),
+        )
 
 
 def cue_poison(draw, body, accent, colour, rng):
@@ -244,8 +301,14 @@ def cue_poison(draw, body, accent, colour, rng):
 
 def cue_ground(draw, body, accent, colour, rng):
     hx, hy = body.at(-60, 0.9)  # a nose horn
-    draw.polygon([(hx - body.rx * 0.15, hy + body.ry * 0.1), (hx + body.rx * 0.25, hy - body.ry * 0.6),
-                  (hx + body.rx * 0.2, hy + body.ry * 0.15)], fill=(235, 225, 200))  # fmt: skip
+    draw.polygon(
+        [
+            (hx - body.rx * 0.15, hy + body.ry * 0.1),
+            (hx + body.rx * 0.25, hy - body.ry * 0.6),
+            (hx + body.rx * 0.2, hy + body.ry * 0.15),
+        ],
+        fill=(235, 225, 200),
+    )
     for i in range(int(rng.integers(3, 6))):  # ridges on the back
         x, y = body.at(-170 + i * 22, 0.95)
         s = body.rx * 0.16
@@ -261,30 +324,50 @@ def _wing(draw, x, y, span, side, fill, edge):
     pts = [(x, y)]
     for i in range(4):
         t = (i + 1) / 4
-        pts.append((x + side * span * t, y - span * (0.7 - 0.35 * t) + (span * 0.25 if i % 2 else 0)))
+        pts.append(
+            (x + side * span * t, y - span * (0.7 - 0.35 * t) + (span * 0.25 if i % 2 else 0))
+        )
     pts.append((x + side * span * 0.4, y + span * 0.35))
     draw.polygon(pts, fill=fill, outline=edge, width=3)
 
 
 def cue_flying(draw, body, accent, colour, rng):
     for side in (-1, 1):
-        _wing(draw, body.cx + side * body.rx * 0.6, body.cy - body.ry * 0.1, body.rx * rng.uniform(1.0, 1.3),
-              side, accent, darker(accent))  # fmt: skip
+        _wing(
+            draw,
+            body.cx + side * body.rx * 0.6,
+            body.cy - body.ry * 0.1,
+            body.rx * rng.uniform(1.0, 1.3),
+            side,
+            accent,
+            darker(accent),
+        )
     bx, by = body.at(rng.choice([-15, 15]) - 0, 0.95)  # a beak
     s = body.rx * 0.25
-    draw.polygon([(bx - s * 0.3, by - s * 0.5), (bx + s, by), (bx - s * 0.3, by + s * 0.5)],
-                 fill=(245, 165, 40))  # fmt: skip
+    draw.polygon(
+        [(bx - s * 0.3, by - s * 0.5), (bx + s, by), (bx - s * 0.3, by + s * 0.5)],
+        fill=(245, 165, 40),
+    )
 
 
 def cue_psychic(draw, body, accent, colour, rng):
     for k in range(2):  # aura rings behind the head
         r = body.rx * (1.35 + 0.25 * k)
-        draw.arc((body.cx - r, body.cy - r, body.cx + r, body.cy + r), 200, 340, fill=(200, 120, 240),
-                 width=max(3, int(body.rx / 12)))  # fmt: skip
+        draw.arc(
+            (body.cx - r, body.cy - r, body.cx + r, body.cy + r),
+            200,
+            340,
+            fill=(200, 120, 240),
+            width=max(3, int(body.rx / 12)),
+        )
     gx, gy = body.cx, body.cy - body.ry * 0.6  # a gem on the forehead
     r = body.rx * 0.16
-    draw.polygon([(gx, gy - r * 1.3), (gx + r, gy), (gx, gy + r * 1.3), (gx - r, gy)], fill=accent,
-                 outline=(255, 240, 250), width=2)  # fmt: skip
+    draw.polygon(
+        [(gx, gy - r * 1.3), (gx + r, gy), (gx, gy + r * 1.3), (gx - r, gy)],
+        fill=accent,
+        outline=(255, 240, 250),
+        width=2,
+    )
 
 
 def cue_bug(draw, body, accent, colour, rng):
@@ -292,13 +375,17 @@ def cue_bug(draw, body, accent, colour, rng):
         x0 = body.cx + side * body.rx * 0.25
         x1 = x0 + side * body.rx * rng.uniform(0.2, 0.5)
         y1 = body.top - body.ry * rng.uniform(0.6, 0.9)
-        draw.line((x0, body.top + body.ry * 0.15, x1, y1), fill=accent, width=max(3, int(body.rx / 12)))
+        draw.line(
+            (x0, body.top + body.ry * 0.15, x1, y1), fill=accent, width=max(3, int(body.rx / 12))
+        )
         r = body.rx * 0.09
         draw.ellipse((x1 - r, y1 - r, x1 + r, y1 + r), fill=accent)
     for i in range(3):  # segment stripes
         y = body.cy + body.ry * (0.05 + 0.25 * i)
         half = body.rx * math.sqrt(max(0.0, 1 - ((y - body.cy) / body.ry) ** 2)) * 0.95
-        draw.line((body.cx - half, y, body.cx + half, y), fill=accent, width=max(3, int(body.ry / 12)))
+        draw.line(
+            (body.cx - half, y, body.cx + half, y), fill=accent, width=max(3, int(body.ry / 12))
+        )
 
 
 def cue_rock(draw, body, accent, colour, rng):
@@ -306,8 +393,13 @@ def cue_rock(draw, body, accent, colour, rng):
         x, y = body.at(rng.uniform(-180, 0), rng.uniform(0.85, 1.05))
         r = body.rx * rng.uniform(0.15, 0.28)
         n = 6
-        pts = [(x + r * rng.uniform(0.7, 1.1) * math.cos(2 * math.pi * k / n),
-                y + r * rng.uniform(0.7, 1.1) * math.sin(2 * math.pi * k / n)) for k in range(n)]  # fmt: skip
+        pts = [
+            (
+                x + r * rng.uniform(0.7, 1.1) * math.cos(2 * math.pi * k / n),
+                y + r * rng.uniform(0.7, 1.1) * math.sin(2 * math.pi * k / n),
+            )
+            for k in range(n)
+        ]
         draw.polygon(pts, fill=colour, outline=accent, width=3)
     for _ in range(2):  # cracks
         x, y = body.at(rng.uniform(0, 360), 0.6)
@@ -328,22 +420,36 @@ def cue_ghost(draw, body, accent, colour, rng):
         x1 = x0 + 2 * body.rx / n
         draw.pieslice((x0, y - body.ry * 0.3, x1, y + body.ry * 0.55), 0, 180, fill=colour)
     mx, my = body.cx, body.cy + body.ry * 0.25
-    draw.ellipse((mx - body.rx * 0.3, my - body.ry * 0.1, mx + body.rx * 0.3, my + body.ry * 0.18),
-                 fill=accent)  # fmt: skip
+    draw.ellipse(
+        (mx - body.rx * 0.3, my - body.ry * 0.1, mx + body.rx * 0.3, my + body.ry * 0.18),
+        fill=accent,
+    )
 
 
 def cue_dragon(draw, body, accent, colour, rng):
     for side in (-1, 1):  # horns
         hx = body.cx + side * body.rx * 0.35
-        draw.polygon([(hx - body.rx * 0.1, body.top + body.ry * 0.2),
-                      (hx + side * body.rx * 0.3, body.top - body.ry * 0.7),
-                      (hx + body.rx * 0.1, body.top + body.ry * 0.2)], fill=(240, 225, 180))  # fmt: skip
+        draw.polygon(
+            [
+                (hx - body.rx * 0.1, body.top + body.ry * 0.2),
+                (hx + side * body.rx * 0.3, body.top - body.ry * 0.7),
+                (hx + body.rx * 0.1, body.top + body.ry * 0.2),
+            ],
+            fill=(240, 225, 180),
+        )
     for side in (-1, 1):  # bat wings
         wx, wy = body.cx + side * body.rx * 0.7, body.cy - body.ry * 0.2
         span = body.rx * 1.1
-        draw.polygon([(wx, wy), (wx + side * span, wy - span * 0.8), (wx + side * span * 0.8, wy),
-                      (wx + side * span * 0.5, wy - span * 0.1), (wx + side * span * 0.3, wy + span * 0.3)],
-                     fill=accent)  # fmt: skip
+        draw.polygon(
+            [
+                (wx, wy),
+                (wx + side * span, wy - span * 0.8),
+                (wx + side * span * 0.8, wy),
+                (wx + side * span * 0.5, wy - span * 0.1),
+                (wx + side * span * 0.3, wy + span * 0.3),
+            ],
+            fill=accent,
+        )
     for i in range(4):  # back spikes
         x, y = body.at(-150 + i * 18, 1.0)
         s = body.rx * 0.12
@@ -356,12 +462,24 @@ def cue_dark(draw, body, accent, colour, rng):
     draw.ellipse((mx - r * 0.4, my - r * 1.1, mx + r * 1.4, my + r * 0.6), fill=colour)
     for side in (-1, 1):  # sharp ears
         ex = body.cx + side * body.rx * 0.55
-        draw.polygon([(ex - body.rx * 0.2, body.top + body.ry * 0.3),
-                      (ex + side * body.rx * 0.15, body.top - body.ry * 0.55),
-                      (ex + body.rx * 0.2, body.top + body.ry * 0.3)], fill=colour)  # fmt: skip
+        draw.polygon(
+            [
+                (ex - body.rx * 0.2, body.top + body.ry * 0.3),
+                (ex + side * body.rx * 0.15, body.top - body.ry * 0.55),
+                (ex + body.rx * 0.2, body.top + body.ry * 0.3),
+            ],
+            fill=colour,
+        )
     y = body.cy - body.ry * 0.15  # a mask band across the eyes
-    draw.rectangle((body.cx - body.rx * 0.85, y - body.ry * 0.15, body.cx + body.rx * 0.85,
-                    y + body.ry * 0.15), fill=(25, 25, 35))  # fmt: skip
+    draw.rectangle(
+        (
+            body.cx - body.rx * 0.85,
+            y - body.ry * 0.15,
+            body.cx + body.rx * 0.85,
+            y + body.ry * 0.15,
+        ),
+        fill=(25, 25, 35),
+    )
 
 
 def cue_steel(draw, body, accent, colour, rng):
@@ -373,14 +491,29 @@ def cue_steel(draw, body, accent, colour, rng):
         r = body.rx * 0.06
         draw.ellipse((x - r, y - r, x + r, y + r), fill=(225, 228, 235), outline=accent, width=2)
     x0, y0 = body.at(-130, 0.6)  # a metallic shine
-    draw.arc((x0 - body.rx * 0.3, y0 - body.ry * 0.3, x0 + body.rx * 0.3, y0 + body.ry * 0.3), 180, 270,
-             fill=(250, 250, 255), width=max(3, int(body.rx / 10)))  # fmt: skip
+    draw.arc(
+        (x0 - body.rx * 0.3, y0 - body.ry * 0.3, x0 + body.rx * 0.3, y0 + body.ry * 0.3),
+        180,
+        270,
+        fill=(250, 250, 255),
+        width=max(3, int(body.rx / 10)),
+    )
 
 
 def _sparkle(draw, x, y, r, fill):
-    draw.polygon([(x, y - r), (x + r * 0.25, y - r * 0.25), (x + r, y), (x + r * 0.25, y + r * 0.25),
-                  (x, y + r), (x - r * 0.25, y + r * 0.25), (x - r, y), (x - r * 0.25, y - r * 0.25)],
-                 fill=fill)  # fmt: skip
+    draw.polygon(
+        [
+            (x, y - r),
+            (x + r * 0.25, y - r * 0.25),
+            (x + r, y),
+            (x + r * 0.25, y + r * 0.25),
+            (x, y + r),
+            (x - r * 0.25, y + r * 0.25),
+            (x - r, y),
+            (x - r * 0.25, y - r * 0.25),
+        ],
+        fill=fill,
+    )
 
 
 def cue_fairy(draw, body, accent, colour, rng):
@@ -405,7 +538,9 @@ def cue_normal(draw, body, accent, colour, rng):
         draw.ellipse((x - r, y - r * 0.8, x + r, y + r * 0.8), fill=accent)
     tx, ty = body.at(170, 0.95)  # a curly tail
     r = body.rx * 0.25
-    draw.arc((tx - r * 2, ty - r, tx, ty + r), 0, 300, fill=accent, width=max(3, int(body.rx / 10)))
+    draw.arc(
+        (tx - r * 2, ty - r, tx, ty + r), 0, 300, fill=accent, width=max(3, int(body.rx / 10))
+    )
 
 
 CUES: dict[str, Cue] = {
@@ -448,20 +583,34 @@ def _eyes(draw: ImageDraw.ImageDraw, body: Body, type1: str, rng: np.random.Gene
     look = rng.uniform(-0.3, 0.3) * r
     for side in (-1, 1):
         x = body.cx + side * spacing
-        draw.ellipse((x - r, y - r * 1.2, x + r, y + r * 1.2), fill=(255, 255, 255), outline=(30, 30, 30), width=2)
+        draw.ellipse(
+            (x - r, y - r * 1.2, x + r, y + r * 1.2),
+            fill=(255, 255, 255),
+            outline=(30, 30, 30),
+            width=2,
+        )
         p = r * 0.6
         draw.ellipse((x - p + look, y - p, x + p + look, y + p + p * 0.4), fill=iris)
         g = p * 0.35
-        draw.ellipse((x - p * 0.3 + look - g, y - p * 0.5 - g, x - p * 0.3 + look + g, y - p * 0.5 + g),
-                     fill=(255, 255, 255))  # fmt: skip
+        draw.ellipse(
+            (x - p * 0.3 + look - g, y - p * 0.5 - g, x - p * 0.3 + look + g, y - p * 0.5 + g),
+            fill=(255, 255, 255),
+        )
     mouth_y = y + body.ry * rng.uniform(0.3, 0.45)
     w = body.rx * rng.uniform(0.12, 0.25)
     if rng.random() < 0.7:
-        draw.arc((body.cx - w, mouth_y - w * 0.6, body.cx + w, mouth_y + w * 0.6), 20, 160,
-                 fill=(40, 25, 25), width=max(2, int(body.rx / 14)))  # fmt: skip
+        draw.arc(
+            (body.cx - w, mouth_y - w * 0.6, body.cx + w, mouth_y + w * 0.6),
+            20,
+            160,
+            fill=(40, 25, 25),
+            width=max(2, int(body.rx / 14)),
+        )
     else:
-        draw.ellipse((body.cx - w * 0.5, mouth_y - w * 0.3, body.cx + w * 0.5, mouth_y + w * 0.5),
-                     fill=(120, 30, 40))  # fmt: skip
+        draw.ellipse(
+            (body.cx - w * 0.5, mouth_y - w * 0.3, body.cx + w * 0.5, mouth_y + w * 0.5),
+            fill=(120, 30, 40),
+        )
 
 
 def draw_creature(
@@ -492,9 +641,13 @@ def draw_creature(
         for foot in (-1, 1):
             fx = body.cx + foot * body.rx * rng.uniform(0.35, 0.6)
             fr = body.rx * rng.uniform(0.18, 0.26)
-            draw.ellipse((fx - fr, body.bottom - fr * 0.8, fx + fr, body.bottom + fr * 0.7),
-                         fill=darker(colour, 0.85))  # fmt: skip
-    draw.polygon(_body_outline(body, shape, rng), fill=colour, outline=darker(colour, 0.55), width=4)
+            draw.ellipse(
+                (fx - fr, body.bottom - fr * 0.8, fx + fr, body.bottom + fr * 0.7),
+                fill=darker(colour, 0.85),
+            )
+    draw.polygon(
+        _body_outline(body, shape, rng), fill=colour, outline=darker(colour, 0.55), width=4
+    )
     bw, bh = body.rx * rng.uniform(0.45, 0.65), body.ry * rng.uniform(0.35, 0.55)
     by = body.cy + body.ry * 0.35
     draw.ellipse((body.cx - bw, by - bh, body.cx + bw, by + bh * 0.9), fill=belly)

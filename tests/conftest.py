@@ -107,7 +107,7 @@ def flaky_server() -> Iterator[FlakyServer]:
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the name http.server expects)
+        def do_GET(self) -> None:
             with lock:
                 n = state.hits[self.path]
                 state.hits[self.path] += 1

@@ -171,7 +171,9 @@ def test_unreachable_stats_url_is_a_clear_error(flaky_server, workdir):
     )
     result = workdir.run("download_pokemon_stats", check=False)
     assert result.returncode == 2
-    assert f"data.stats_url {flaky_server.url}/nope.csv: download failed: HTTP 404" in result.stderr
+    assert (
+        f"data.stats_url {flaky_server.url}/nope.csv: download failed: HTTP 404" in result.stderr
+    )
 
 
 def test_stats_csv_without_a_type_column_is_a_clear_error(tmp_path, workdir):

@@ -42,7 +42,7 @@ def test_la_image_is_composited():
 def test_animated_gif_takes_the_first_frame():
     source = decode_image(make.animated_gif())
     assert getattr(source, "n_frames", 1) == 2
-    r, g, b = to_square(source, 16, "white").getpixel((8, 8))
+    r, _, b = to_square(source, 16, "white").getpixel((8, 8))
     assert b > 200 and r < 50  # blue, the first frame; the second is red
 
 

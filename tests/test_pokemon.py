@@ -23,12 +23,12 @@ def read(text: str) -> pd.DataFrame:
 
 
 # The column names of three public Pokémon tables, with their quirks.
-KAGGLE_ABARDE = """#,Name,Type 1,Type 2,Total,HP,Attack,Defense,Sp. Atk,Sp. Def,Speed,Generation,Legendary
-3,Venusaur,Grass,Poison,525,80,82,83,100,100,80,1,False
-3,VenusaurMega Venusaur,Grass,Poison,625,80,100,123,122,120,80,1,False
-29,Nidoran♀,Poison,,275,55,47,52,40,40,41,1,False
-83,Farfetch'd,Normal,Flying,352,52,65,55,58,62,60,1,False
-122,Mr. Mime,Psychic,Fairy,460,40,45,65,100,120,90,1,False
+KAGGLE_ABARDE = """#,Name,Type 1,Type 2,Total,HP,Attack,Defense,Speed,Generation,Legendary
+3,Venusaur,Grass,Poison,525,80,82,83,80,1,False
+3,VenusaurMega Venusaur,Grass,Poison,625,80,100,123,80,1,False
+29,Nidoran♀,Poison,,275,55,47,52,41,1,False
+83,Farfetch'd,Normal,Flying,352,52,65,55,60,1,False
+122,Mr. Mime,Psychic,Fairy,460,40,45,65,90,1,False
 """
 LGRESKI = """ID,Name,Form,Type1,Type2,Total,HP,Attack,Defense,Sp. Atk,Sp. Def,Speed,Generation
 669,Flabébé, ,Fairy, ,303,44,38,39,61,79,42,6

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stages.pokemon import TYPES
-from stages.synthetic import PALETTES, creature_rng, draw_creature, synthetic_stats
+from stages.synthetic import creature_rng, draw_creature, synthetic_stats
 
 
 def pixels(image) -> np.ndarray:

@@ -1,0 +1,96 @@
+"""The data stages under real DVC, in a temporary git repository copied from this one."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO, stage_env
+
+pytestmark = pytest.mark.slow
+
+# What a user's clone holds: code, pipeline and params; no data, no outputs, no lock file.
+COPIED = ["stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+
+
+def make_repo(root: Path) -> Path:
+    repo = root / "repo"
+    repo.mkdir()
+    for name in COPIED:
+        source, target = REPO / name, repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "test@example.com")
+    git(repo, "config", "user.name", "test")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "pipeline")
+    return repo
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def dvc(repo: Path, cache: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["dvc", *args],
+        cwd=repo,
+        env=stage_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def test_repro_caches_and_an_experiment_reruns_only_what_changed(tmp_path):
+    repo, cache = make_repo(tmp_path), tmp_path / "cache"
+
+    first = dvc(repo, cache, "repro", "resize_pokemon_images")
+    assert ran(first) == [
+        "download_pokemon_stats", "scrape_pokemon_images", "resize_pokemon_images",
+    ]  # fmt: skip
+    metadata = (repo / "data/processed/images/metadata.jsonl").read_text().splitlines()
+    assert len(metadata) == 540
+    first_image = repo / "data/processed/images" / json.loads(metadata[0])["file_name"]
+    assert Image.open(first_image).size == (64, 64)
+    git(repo, "add", "-A")
+    tracked = git(repo, "ls-files", "data").split()
+    assert tracked and all(path.endswith(".gitignore") for path in tracked)  # DVC's, not git's
+
+    second = dvc(repo, cache, "repro", "resize_pokemon_images")
+    assert ran(second) == []
+    assert "didn't change, skipping" in second or "Data and pipelines are up to date" in second
+
+    git(repo, "commit", "-qm", "first run")
+    experiment = dvc(repo, cache, "exp", "run", "resize_pokemon_images", "-S", "resize.size=32")
+    assert ran(experiment) == ["resize_pokemon_images"]
+    images = sorted((repo / "data/processed/images").glob("*.png"))
+    assert len(images) == 540 and Image.open(images[0]).size == (32, 32)
+    lock = (repo / "dvc.lock").read_text()
+    assert "size: 32" in lock
+    shown = json.loads(dvc(repo, cache, "exp", "show", "--json"))
+    experiments = [e for commit in shown for e in (commit.get("experiments") or [])]
+    assert any(
+        rev["data"]["params"]["params.yaml"]["data"]["resize"]["size"] == 32
+        for e in experiments
+        for rev in e["revs"]
+    )
