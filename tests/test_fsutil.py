@@ -1,0 +1,66 @@
+"""Outputs appear whole or not at all, even when a stage is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from stages.fsutil import atomic_dir, atomic_write_json
+from tests.conftest import stage_env
+
+
+def test_atomic_dir_replaces_the_old_folder_only_on_success(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+        raise RuntimeError("the stage failed half-way")
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left
+    with atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "report.json"
+    atomic_write_json(target, {"a": 1})
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"a": object()})  # fails while serialising
+    assert target.read_text() == '{\n  "a": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_a_killed_stage_leaves_no_half_written_output_and_the_next_run_cleans_up(workdir):
+    workdir.write_params(data={"synthetic_count": 3000})
+    workdir.run("download_pokemon_stats")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stages.scrape_pokemon_images"],
+        cwd=workdir.path,
+        env=stage_env(workdir.cache),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    external = workdir.path / "data/external"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until it is half-way through writing images
+        partial = list(external.glob(".images.tmp-*"))
+        if partial and len(os.listdir(partial[0])) > 50:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the stage never started writing")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (external / "images").exists()  # nothing that DVC could take for an output
+    workdir.write_params(data={"synthetic_count": 20})
+    workdir.run("download_pokemon_stats")
+    workdir.run("scrape_pokemon_images")
+    assert len(list((external / "images").iterdir())) == 20
+    assert not list(external.glob(".images.tmp-*"))  # the leftover was cleared
