@@ -6,6 +6,7 @@ launch form from the same models. `python -m stages.params` checks the whole fil
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -110,12 +111,132 @@ class ResizeParams(Section):
         return value
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SCHEDULERS = ("ddim", "dpm++", "euler")
+
+
+class TinyModelParams(Section):
+    corpus_size: int = Field(
+        1800, ge=18, le=100_000, description="Synthetic creatures the tiny base model learns from"
+    )
+    vae_steps: int = Field(600, ge=0, le=100_000, description="Autoencoder training steps")
+    unet_steps: int = Field(2400, ge=0, le=1_000_000, description="UNet training steps")
+    vae_batch_size: int = Field(16, ge=1, le=1024, description="Images per autoencoder step")
+    unet_batch_size: int = Field(32, ge=1, le=1024, description="Images per UNet step")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate")
+    max_minutes: float = Field(
+        8.0, gt=0, le=24 * 60, description="Time budget of the pretraining, in minutes"
+    )
+
+
+class ModelParams(Section):
+    base: str = Field(
+        "tiny",
+        description="'tiny' (built and pretrained here), a Hugging Face model id such as "
+        "stable-diffusion-v1-5/stable-diffusion-v1-5, or a local diffusers folder",
+    )
+    revision: str | None = Field(
+        None, description="Hub branch, tag or commit of model.base (default: main)"
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights' precision for generation; auto: float16 on a GPU"
+    )
+    tiny: TinyModelParams = TinyModelParams()
+
+    @field_validator("base")
+    @classmethod
+    def _known_base(cls, value: str) -> str:
+        if value == "tiny" or (HUB_ID.match(value) and not Path(value).exists()):
+            return value
+        folder = Path(value).expanduser()
+        if (folder / "model_index.json").is_file():
+            return value
+        raise ValueError(
+            "expected 'tiny', a Hugging Face model id such as "
+            "stable-diffusion-v1-5/stable-diffusion-v1-5, or a local folder holding a "
+            "diffusers model_index.json"
+        )
+
+
+class TrainLoraParams(Section):
+    rank: int = Field(4, ge=1, le=512, description="LoRA rank r of the update matrices")
+    alpha: float = Field(
+        4.0, gt=0, le=4096, description="LoRA alpha; the update is scaled by alpha/r"
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch")
+    target_modules: list[str] = Field(
+        ["to_q", "to_k", "to_v", "to_out.0"],
+        min_length=1,
+        description="UNet attention layers that get LoRA adapters",
+    )
+    train_text_encoder: bool = Field(False, description="Also put LoRA on the text encoder")
+    max_steps: int = Field(300, ge=1, le=1_000_000, description="Optimizer steps")
+    batch_size: int = Field(8, ge=1, le=1024, description="Images per forward pass")
+    gradient_accumulation: int = Field(1, ge=1, le=1024, description="Passes per optimizer step")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW peak learning rate")
+    lr_scheduler: Literal["constant", "cosine", "linear"] = Field(
+        "cosine", description="Learning-rate schedule after warm-up"
+    )
+    lr_warmup_steps: int = Field(20, ge=0, description="Steps of linear warm-up")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="accelerate mixed precision; fp16 needs a GPU"
+    )
+    random_flip: bool = Field(True, description="Mirror training images at random")
+    snr_gamma: float | None = Field(
+        None, gt=0, le=100, description="Min-SNR loss weighting gamma (5 is usual); null: off"
+    )
+    checkpoint_every: int = Field(
+        100, ge=0, description="Save a resumable checkpoint every N steps; 0: never"
+    )
+    validation_every: int = Field(
+        0, ge=0, description="Save validation images every N steps; 0: never"
+    )
+    validation_prompt: str = Field(
+        "a pkmnlora pokemon", description="Prompt of the validation images"
+    )
+
+
+class GenerateParams(Section):
+    prompts: list[str] = Field(
+        ["a pkmnlora pokemon", "a pokemon"], min_length=1, description="Prompts to draw"
+    )
+    seeds: list[int] = Field(
+        [0, 1, 2, 3, 4, 5], min_length=1, description="One image per prompt and seed"
+    )
+    scheduler: Literal[SCHEDULERS] = Field(  # type: ignore[valid-type]
+        "dpm++", description="Sampler: ddim, dpm++ (DPM-Solver++) or euler"
+    )
+    num_inference_steps: int = Field(25, ge=1, le=1000, description="Denoising steps")
+    guidance_scale: float = Field(
+        4.0, ge=0, le=50, description="Classifier-free guidance; 7.5 is usual for SD 1.5"
+    )
+    lora_scale: float = Field(1.0, ge=0, le=4, description="Strength of the LoRA, 0 = the base")
+    batch_size: int = Field(8, ge=1, le=256, description="Images per pipeline call")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value) or any(seed < 0 for seed in value):
+            raise ValueError("seeds must be distinct whole numbers >= 0")
+        return value
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, value: list[str]) -> list[str]:
+        if any(not p.strip() for p in value) or len(set(value)) != len(value):
+            raise ValueError("prompts must be distinct and not blank")
+        return value
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base: BaseParams = BaseParams()
     data: DataParams = DataParams()
     resize: ResizeParams = ResizeParams()
+    model: ModelParams = ModelParams()
+    train_lora: TrainLoraParams = TrainLoraParams()
+    generate: GenerateParams = GenerateParams()
 
 
 SECTIONS: dict[str, type[Section]] = {

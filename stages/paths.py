@@ -28,6 +28,25 @@ METADATA = "metadata.jsonl"
 
 OUTPUTS = Path("outputs")
 
+# set_up_diffusers
+BASE_MODEL = OUTPUTS / "base_model"
+BASE_MODEL_RECORD = BASE_MODEL / "model.json"  # where the base is: tiny folder, hub commit, path
+TINY_PIPELINE = BASE_MODEL / "pipeline"  # the tiny model's diffusers folder
+BASE_SAMPLES = BASE_MODEL / "samples.png"  # one creature per type prompt, to see what it learnt
+
+# train_lora
+LORA = OUTPUTS / "lora"  # pytorch_lora_weights.safetensors + the resolved params
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+TRAIN_LORA = OUTPUTS / "train_lora"  # dvclive: metrics.json, plots/metrics/loss.tsv
+CHECKPOINTS = OUTPUTS / "checkpoints" / "train_lora"  # persisted: survives DVC's clean-up
+
+# generate_text_to_image
+GENERATED = OUTPUTS / "generated"  # base/<prompt-slug>/seed-<n>.png, lora/..., grid.png
+
+
+def user_cache_dir() -> Path:
+    return Path(os.environ.get("POKEMON_LORA_CACHE") or Path.home() / ".cache" / "pokemon-lora")
+
 
 def download_cache_dir() -> Path:
     """Where downloaded files are kept between runs, so an interrupted download resumes.
@@ -35,5 +54,4 @@ def download_cache_dir() -> Path:
     Outside the DVC outputs on purpose: DVC deletes a stage's outputs before it runs it, and
     queued experiments run in temporary copies of the repository.
     """
-    root = os.environ.get("POKEMON_LORA_CACHE") or Path.home() / ".cache" / "pokemon-lora"
-    return Path(root) / "downloads"
+    return user_cache_dir() / "downloads"

@@ -1,0 +1,302 @@
+"""Stage train_lora: fine-tune the base model's UNet with LoRA on the training set.
+
+The diffusers recipe: base frozen, LoraConfig + add_adapter on the attention layers, trainable
+params upcast to float32, accelerate for device, mixed precision and gradient accumulation, an
+lr schedule with warm-up. Latents and text embeddings are encoded once, not on every step. Every
+step's randomness comes from (base.seed, step), so a run resumed from a checkpoint continues
+exactly where it stopped. Loss per step goes to dvclive; the LoRA is saved in the diffusers
+format with the resolved params beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params, compute_snr
+from dvclive import Live
+from peft import LoraConfig
+from peft.utils import set_peft_model_state_dict
+from tqdm import tqdm
+
+from stages import paths
+from stages.cli import run_stage
+from stages.diffusion import load_pipeline, read_model_record
+from stages.errors import StageError
+from stages.fsutil import atomic_dir, atomic_write_json
+from stages.lora import (
+    dataset_digest,
+    encode_dataset,
+    fingerprint,
+    load_checkpoint,
+    lora_state,
+    read_dataset,
+    save_checkpoint,
+    save_lora,
+)
+from stages.params import TrainLoraParams, load_params
+
+log = logging.getLogger(__name__)
+
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+# Settings that do not change the weights: a checkpoint stays valid when only these change.
+NOT_IN_FINGERPRINT = {"checkpoint_every", "validation_every", "validation_prompt"}
+
+
+def add_lora(model: torch.nn.Module, config: LoraConfig, key: str) -> None:
+    try:
+        model.add_adapter(config)
+    except ValueError as error:
+        names = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear)
+            }
+        )
+        raise StageError(
+            f"{key} = {sorted(config.target_modules)}: {error}; linear layers of this model "
+            f"are named {', '.join(names)}"
+        ) from None
+
+
+def step_randomness(
+    seed: int, step: int, micro: int
+) -> tuple[np.random.Generator, torch.Generator]:
+    """The random streams of one micro-batch: a function of (seed, step), never of history."""
+    rng = np.random.default_rng([seed, step, micro])
+    return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+
+def validation_image(pipe_parts: dict, prompt: str, seed: int):
+    pipe = StableDiffusionPipeline(
+        **pipe_parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.inference_mode():
+        return pipe(
+            prompt, num_inference_steps=20, guidance_scale=4.0,
+            generator=torch.Generator().manual_seed(seed),
+        ).images[0]  # fmt: skip
+
+
+def train(cfg: TrainLoraParams, seed: int) -> None:
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise StageError(
+            "train_lora.mixed_precision = 'fp16' needs a CUDA GPU; use 'bf16' or 'no'"
+        )
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation
+    )
+    set_seed(seed)
+    record = read_model_record()
+    examples = read_dataset(paths.LORA_DATASET)
+    digest = dataset_digest(examples)
+    run_id = fingerprint(cfg.model_dump(exclude=NOT_IN_FINGERPRINT), seed, record, digest)
+    pipe = load_pipeline(record=record, device=accelerator.device)
+    unet, text_encoder, vae = pipe.unet, pipe.text_encoder, pipe.vae
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    for model in (unet, text_encoder, vae):
+        model.requires_grad_(False)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
+    if weight_dtype is not None:  # frozen weights in half precision, as the diffusers recipe
+        for model in (unet, text_encoder, vae):
+            model.to(dtype=weight_dtype)
+
+    cache_key = fingerprint(
+        record, digest, cfg.random_flip, cfg.train_text_encoder, cfg.mixed_precision
+    )
+    encoded = encode_dataset(
+        pipe, examples, cfg.random_flip, with_text=not cfg.train_text_encoder,
+        cache_file=paths.user_cache_dir() / "latents" / f"{cache_key}.pt",
+    )  # fmt: skip
+
+    add_lora(
+        unet,
+        LoraConfig(
+            r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+            init_lora_weights="gaussian", target_modules=list(cfg.target_modules),
+        ),
+        "train_lora.target_modules",
+    )  # fmt: skip
+    trained = [unet]
+    if cfg.train_text_encoder:
+        add_lora(
+            text_encoder,
+            LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                       init_lora_weights="gaussian", target_modules=TEXT_ENCODER_TARGETS),
+            "train_lora.train_text_encoder",
+        )  # fmt: skip
+        trained.append(text_encoder)
+    if weight_dtype is not None:
+        cast_training_params(trained, dtype=torch.float32)
+    params = [p for model in trained for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2)
+    lr_scheduler = get_scheduler(
+        cfg.lr_scheduler, optimizer=optimizer,
+        num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=cfg.max_steps * accelerator.num_processes,
+    )  # fmt: skip
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    if cfg.train_text_encoder:
+        text_encoder = accelerator.prepare(text_encoder)
+
+    checkpoint_file = paths.user_cache_dir() / "checkpoints" / run_id / "checkpoint.pt"
+    history: list[dict] = []
+    start_step = 0
+    state = load_checkpoint(checkpoint_file, run_id)
+    if state is not None:
+        set_peft_model_state_dict(accelerator.unwrap_model(unet), state["unet"])
+        if cfg.train_text_encoder:
+            set_peft_model_state_dict(
+                accelerator.unwrap_model(text_encoder), state["text_encoder"]
+            )
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        start_step, history = state["step"], state["history"]
+        log.info("resuming from the checkpoint at step %d (%s)", start_step, checkpoint_file)
+
+    live = Live(dir=str(paths.TRAIN_LORA), save_dvc_exp=False, dvcyaml=None, report=None)
+    for entry in history:  # the steps done before the interruption: one continuous curve
+        live.step = entry["step"]
+        live.log_metric("loss", entry["loss"])
+        live.log_metric("lr", entry["lr"])
+        live.next_step()
+
+    count = n = len(examples)
+    scaling = pipe.vae.config.scaling_factor
+    num_timesteps = noise_scheduler.config.num_train_timesteps
+    started = time.monotonic()
+    bar = tqdm(range(start_step, cfg.max_steps), desc="train lora", unit="step",
+               initial=start_step, total=cfg.max_steps)  # fmt: skip
+    for step in bar:
+        unet.train()
+        losses = []
+        for micro in range(cfg.gradient_accumulation):
+            rng, generator = step_randomness(seed, step, micro)
+            with accelerator.accumulate(*trained_models(unet, text_encoder, cfg)):
+                index = torch.from_numpy(rng.integers(0, count, cfg.batch_size))
+                if cfg.random_flip:
+                    index = index + n * torch.from_numpy(rng.random(cfg.batch_size) < 0.5).long()
+                mean, std = encoded.mean[index], encoded.std[index]
+                latents = (mean + std * torch.randn(mean.shape, generator=generator)) * scaling
+                noise = torch.randn(latents.shape, generator=generator)
+                timesteps = torch.randint(0, num_timesteps, (cfg.batch_size,), generator=generator)
+                device = accelerator.device
+                latents, noise, timesteps = (
+                    latents.to(device),
+                    noise.to(device),
+                    timesteps.to(device),
+                )
+                if cfg.train_text_encoder:
+                    hidden = text_encoder(encoded.input_ids[index % n].to(device))[0]
+                else:
+                    hidden = encoded.hidden[index % n].to(device)
+                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                if noise_scheduler.config.prediction_type == "v_prediction":
+                    target = noise_scheduler.get_velocity(latents, noise, timesteps)
+                else:
+                    target = noise
+                prediction = unet(
+                    noisy.to(unet.dtype), timesteps, hidden.to(unet.dtype), return_dict=False
+                )[0]
+                loss = weighted_loss(
+                    prediction.float(), target.float(), timesteps, noise_scheduler, cfg
+                )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+        entry = {"step": step, "loss": float(np.mean(losses)), "lr": lr_scheduler.get_last_lr()[0]}
+        history.append(entry)
+        live.log_metric("loss", entry["loss"])
+        live.log_metric("lr", entry["lr"])
+        live.next_step()
+        bar.set_postfix(loss=f"{entry['loss']:.4f}")
+        done = step + 1
+        if cfg.validation_every and done % cfg.validation_every == 0:
+            parts = {
+                "vae": vae, "text_encoder": accelerator.unwrap_model(text_encoder),
+                "tokenizer": pipe.tokenizer, "unet": accelerator.unwrap_model(unet),
+                "scheduler": noise_scheduler,
+            }  # fmt: skip
+            image = validation_image(parts, cfg.validation_prompt, seed)
+            live.log_image(f"validation/step-{done:06d}.png", image)
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
+            state = {
+                "fingerprint": run_id, "step": done, "history": history,
+                "unet": lora_state(accelerator.unwrap_model(unet)),
+                "text_encoder": (lora_state(accelerator.unwrap_model(text_encoder))
+                                 if cfg.train_text_encoder else None),
+                "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+            }  # fmt: skip
+            save_checkpoint(checkpoint_file, state)
+    seconds = time.monotonic() - started
+    steps_run = cfg.max_steps - start_step
+    tail = history[-max(1, len(history) // 10) :]
+    metrics = {
+        "final_loss": float(np.mean([h["loss"] for h in tail])),
+        "steps": cfg.max_steps,
+        "resumed_from_step": start_step,
+        "seconds": round(seconds, 2),
+        "images_per_second": round(
+            steps_run * cfg.batch_size * cfg.gradient_accumulation / max(seconds, 1e-9), 2
+        ),
+    }
+    for key, value in metrics.items():
+        live.summary[key] = value
+    live.make_summary()
+    live.end()
+
+    with atomic_dir(paths.LORA) as out:
+        save_lora(
+            out,
+            accelerator.unwrap_model(unet),
+            accelerator.unwrap_model(text_encoder) if cfg.train_text_encoder else None,
+        )
+        atomic_write_json(
+            out / "params.json",
+            {"train_lora": cfg.model_dump(), "seed": seed, "base_model": record,
+             "training_images": n, "fingerprint": run_id, "metrics": metrics},
+        )  # fmt: skip
+    checkpoint_file.unlink(missing_ok=True)
+    log.info("LoRA saved to %s: %s", paths.LORA / paths.LORA_WEIGHTS, json.dumps(metrics))
+
+
+def trained_models(unet, text_encoder, cfg: TrainLoraParams) -> list:
+    return [unet, text_encoder] if cfg.train_text_encoder else [unet]
+
+
+def weighted_loss(prediction, target, timesteps, noise_scheduler, cfg: TrainLoraParams):
+    """MSE, or Min-SNR-gamma weighted MSE (Hang et al. 2023) when train_lora.snr_gamma is set."""
+    if cfg.snr_gamma is None:
+        return F.mse_loss(prediction, target)
+    snr = compute_snr(noise_scheduler, timesteps)
+    weights = torch.clamp(snr, max=cfg.snr_gamma)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        weights = weights / (snr + 1)
+    else:
+        weights = weights / snr
+    loss = F.mse_loss(prediction, target, reduction="none").mean(dim=[1, 2, 3])
+    return (loss * weights).mean()
+
+
+def main() -> None:
+    params = load_params("base", "train_lora")
+    train(params.train_lora, params.base.seed)
+
+
+if __name__ == "__main__":
+    run_stage(main)
