@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from stages.errors import ParamsError, StageError
+from stages.errors import ParamsError, StageError, StageInterrupted
 
 
 def run_stage(main: Callable[[], None]) -> None:
@@ -23,7 +23,7 @@ def run_stage(main: Callable[[], None]) -> None:
                 "good run stay in the DVC cache: `dvc checkout` restores them).",
                 file=sys.stderr,
             )
-        sys.exit(2)
+        sys.exit(130 if isinstance(error, StageInterrupted) else 2)
     except KeyboardInterrupt:
         print("error: interrupted; no output was written", file=sys.stderr)
         sys.exit(130)

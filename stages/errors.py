@@ -7,3 +7,7 @@ class StageError(Exception):
 
 class ParamsError(StageError):
     """params.yaml is missing, unreadable or holds a bad value."""
+
+
+class StageInterrupted(StageError):
+    """The user stopped the stage (Ctrl-C, SIGTERM); the message says how to resume."""

@@ -162,7 +162,7 @@ def pretrain_vae(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return loss.item()
 
     done, loss = _loop(steps, deadline, "pretrain vae", step)
     vae.eval()
@@ -224,7 +224,7 @@ def pretrain_unet(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         lr_schedule.step()
-        return float(loss)
+        return loss.item()
 
     done, loss = _loop(steps, deadline, "pretrain unet", step)
     unet.eval()

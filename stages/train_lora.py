@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 
 import numpy as np
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from stages import paths
 from stages.cli import run_stage
 from stages.diffusion import load_pipeline, read_model_record
-from stages.errors import StageError
+from stages.errors import StageError, StageInterrupted
 from stages.fsutil import atomic_dir, atomic_write_json
 from stages.lora import (
     dataset_digest,
@@ -66,6 +67,26 @@ def add_lora(model: torch.nn.Module, config: LoraConfig, key: str) -> None:
             f"{key} = {sorted(config.target_modules)}: {error}; linear layers of this model "
             f"are named {', '.join(names)}"
         ) from None
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM during training: finish the current step, save a checkpoint, stop."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous = {
+            sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def step_randomness(
@@ -176,6 +197,7 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
     scaling = pipe.vae.config.scaling_factor
     num_timesteps = noise_scheduler.config.num_train_timesteps
     started = time.monotonic()
+    stop = StopRequest()
     bar = tqdm(range(start_step, cfg.max_steps), desc="train lora", unit="step",
                initial=start_step, total=cfg.max_steps)  # fmt: skip
     for step in bar:
@@ -234,7 +256,8 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
             }  # fmt: skip
             image = validation_image(parts, cfg.validation_prompt, seed)
             live.log_image(f"validation/step-{done:06d}.png", image)
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
+        periodic = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+        if (periodic or stop.requested) and done < cfg.max_steps:
             state = {
                 "fingerprint": run_id, "step": done, "history": history,
                 "unet": lora_state(accelerator.unwrap_model(unet)),
@@ -243,6 +266,13 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
                 "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
             }  # fmt: skip
             save_checkpoint(checkpoint_file, state)
+        if stop.requested and done < cfg.max_steps:
+            live.end()
+            raise StageInterrupted(
+                f"train_lora interrupted after step {done} of {cfg.max_steps}; checkpoint saved "
+                f"in {checkpoint_file}. Run it again (dvc repro) to resume from there."
+            )
+    stop.restore()
     seconds = time.monotonic() - started
     steps_run = cfg.max_steps - start_step
     tail = history[-max(1, len(history) // 10) :]

@@ -1,0 +1,291 @@
+"""set_up_diffusers, train_lora and generate_text_to_image with tiny settings, as subprocesses,
+and the LoRA they make loaded back through the real diffusers API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import Workdir, stage_env
+
+TINY = {
+    "data": {"synthetic_count": 60},
+    "resize": {"size": 32},
+    "model": {
+        "tiny": {
+            "corpus_size": 36,
+            "vae_steps": 3,
+            "unet_steps": 3,
+            "vae_batch_size": 4,
+            "unet_batch_size": 4,
+        }
+    },
+    "train_lora": {"max_steps": 6, "batch_size": 4, "checkpoint_every": 2, "lr_warmup_steps": 1},
+    "generate": {
+        "prompts": ["a pkmnlora pokemon", "a fire type pokemon"],
+        "seeds": [0, 1],
+        "num_inference_steps": 2,
+        "batch_size": 3,
+    },
+}
+DATA_STAGES = ["download_pokemon_stats", "scrape_pokemon_images", "resize_pokemon_images"]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory) -> Workdir:
+    """One run of every stage through generate_text_to_image, shared by the tests below."""
+    root = tmp_path_factory.mktemp("diffusion")
+    work = Workdir(root / "work", root / "cache")
+    work.path.mkdir()
+    work.write_params(**TINY)
+    for stage in [*DATA_STAGES, "set_up_diffusers", "train_lora", "generate_text_to_image"]:
+        work.run(stage)
+    return work
+
+
+def lora_tensors(work: Workdir) -> dict[str, torch.Tensor]:
+    return load_file(work.path / "outputs/lora/pytorch_lora_weights.safetensors")
+
+
+def loss_steps(work: Workdir) -> list[int]:
+    lines = (work.path / "outputs/train_lora/plots/metrics/loss.tsv").read_text().splitlines()
+    return [int(line.split("\t")[0]) for line in lines[1:]]
+
+
+def test_set_up_diffusers_builds_a_loadable_tiny_pipeline(pipeline_run):
+    out = pipeline_run.path / "outputs/base_model"
+    record = json.loads((out / "model.json").read_text())
+    assert record["kind"] == "tiny" and record["path"] == "outputs/base_model/pipeline"
+    assert record["pretraining"]["vae_steps"] == 3 and record["pretraining"]["unet_steps"] == 3
+    assert (out / "pipeline/model_index.json").is_file() and (out / "samples.png").is_file()
+
+
+def test_train_lora_writes_diffusers_weights_params_and_a_loss_curve(pipeline_run):
+    tensors = lora_tensors(pipeline_run)
+    assert tensors and all(key.startswith("unet.") for key in tensors)
+    assert any("to_q.lora_A" in key for key in tensors)
+    assert any("to_out.0.lora_B" in key for key in tensors)
+    rank = next(t for k, t in tensors.items() if "lora_A" in k).shape[0]
+    assert rank == 4
+    saved = json.loads((pipeline_run.path / "outputs/lora/params.json").read_text())
+    assert saved["train_lora"]["max_steps"] == 6 and saved["seed"] == 42
+    assert loss_steps(pipeline_run) == list(range(6))
+    metrics = json.loads((pipeline_run.path / "outputs/train_lora/metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["images_per_second"] > 0
+    assert metrics["final_loss"] > 0
+
+
+def test_generate_writes_stable_paths_for_every_prompt_and_seed(pipeline_run):
+    out = pipeline_run.path / "outputs/generated"
+    for variant in ("base", "lora"):
+        names = sorted(
+            p.relative_to(out / variant).as_posix() for p in (out / variant).rglob("*.png")
+        )
+        assert names == [
+            "a-fire-type-pokemon/seed-0.png", "a-fire-type-pokemon/seed-1.png",
+            "a-pkmnlora-pokemon/seed-0.png", "a-pkmnlora-pokemon/seed-1.png",
+        ]  # fmt: skip
+    index = json.loads((out / "index.json").read_text())
+    assert {(e["prompt"], e["seed"]) for e in index} == {
+        (p, s) for p in TINY["generate"]["prompts"] for s in (0, 1)
+    }
+    assert (out / "grid.png").is_file()
+
+
+LOAD_SCRIPT = """
+import json, sys, torch
+from diffusers import StableDiffusionPipeline
+pipe = StableDiffusionPipeline.from_pretrained(
+    "outputs/base_model/pipeline", safety_checker=None, requires_safety_checker=False)
+pipe.set_progress_bar_config(disable=True)
+def draw():
+    out = pipe("a pkmnlora pokemon", num_inference_steps=3, output_type="np",
+               generator=torch.Generator().manual_seed(0))
+    return torch.from_numpy(out.images)
+base = draw()
+pipe.load_lora_weights("outputs/lora")
+with_lora = draw()
+pipe.unload_lora_weights()
+again = draw()
+print(json.dumps({"changed": float((with_lora - base).abs().max()),
+                  "restored": float((again - base).abs().max())}))
+"""
+
+
+def test_lora_loads_in_a_fresh_process_changes_the_output_and_unloads_exactly(pipeline_run):
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT],
+        cwd=pipeline_run.path,
+        env=stage_env(pipeline_run.cache),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["changed"] > 1e-4
+    assert figures["restored"] == 0.0
+
+
+def test_same_seed_and_params_give_the_same_lora_twice(pipeline_run):
+    first = lora_tensors(pipeline_run)
+    pipeline_run.run("train_lora")
+    second = lora_tensors(pipeline_run)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(pipeline_run, tmp_path):
+    """Ctrl-C saves a checkpoint at the end of the current step; the next run continues from
+    it, no step is done twice, and the LoRA equals an uninterrupted run's."""
+    work = pipeline_run
+    work.write_params(**{**TINY, "train_lora": {**TINY["train_lora"], "max_steps": 400}})
+    work.run("train_lora")
+    uninterrupted = lora_tensors(work)
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stages.train_lora"],
+        cwd=work.path,
+        env=stage_env(work.cache),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    loss_file = work.path / "outputs/train_lora/plots/metrics/loss.tsv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if loss_file.exists() and len(loss_file.read_text().splitlines()) > 20:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    stopped_at = int(stderr.split("interrupted after step ")[1].split()[0])
+    assert 20 <= stopped_at < 400
+
+    result = work.run("train_lora")
+    assert f"resuming from the checkpoint at step {stopped_at}" in result.stderr
+    assert loss_steps(work) == list(range(400))  # one continuous curve, no step twice
+    resumed = lora_tensors(work)
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+    params = json.loads((work.path / "outputs/lora/params.json").read_text())
+    assert params["metrics"]["resumed_from_step"] == stopped_at
+    work.write_params(**TINY)
+
+
+def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(pipeline_run):
+    work = pipeline_run
+    settings = {**TINY["train_lora"], "max_steps": 300, "checkpoint_every": 50}
+    work.write_params(**{**TINY, "train_lora": settings})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stages.train_lora"],
+        cwd=work.path,
+        env=stage_env(work.cache),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    loss_file = work.path / "outputs/train_lora/plots/metrics/loss.tsv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if loss_file.exists() and len(loss_file.read_text().splitlines()) > 120:
+            break
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    result = work.run("train_lora")
+    resumed = int(result.stderr.split("resuming from the checkpoint at step ")[1].split()[0])
+    assert resumed % 50 == 0 and 100 <= resumed < 300
+    assert loss_steps(work) == list(range(300))
+    work.write_params(**TINY)
+
+
+def test_bad_lora_settings_are_clear_errors(pipeline_run):
+    work = pipeline_run
+    work.write_params(**{**TINY, "train_lora": {**TINY["train_lora"], "target_modules": ["to_x"]}})
+    result = work.run("train_lora", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "train_lora.target_modules = ['to_x']" in result.stderr
+    assert "to_q" in result.stderr  # names the layers that exist
+    if not torch.cuda.is_available():
+        settings = {**TINY["train_lora"], "mixed_precision": "fp16"}
+        work.write_params(**{**TINY, "train_lora": settings})
+        result = work.run("train_lora", check=False)
+        assert result.returncode == 2 and "fp16' needs a CUDA GPU" in result.stderr
+    work.write_params(**TINY)
+
+
+def test_stages_say_what_to_run_first(workdir):
+    result = workdir.run("train_lora", check=False)
+    assert result.returncode == 2
+    assert "outputs/base_model/model.json not found; run `dvc repro set_up_diffusers`" in (
+        result.stderr
+    )
+
+
+def save_tiny_pipeline(folder: Path) -> None:
+    from stages.tiny_model import assemble, build_components
+
+    assemble(build_components(seed=0)).save_pretrained(folder)
+
+
+def test_hub_model_id_is_read_from_the_hub_cache_offline_and_its_commit_recorded(
+    tmp_path, workdir
+):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_cache = tmp_path / "hf/hub/models--tiny-org--tiny-sd"
+    save_tiny_pipeline(repo_cache / "snapshots" / commit)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs/main").write_text(commit)
+    workdir.write_params(model={"base": "tiny-org/tiny-sd"})
+    env_extra = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    result = run_with_env(workdir, "set_up_diffusers", env_extra)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((workdir.path / "outputs/base_model/model.json").read_text())
+    assert record == {"kind": "hub", "id": "tiny-org/tiny-sd", "revision": None, "commit": commit}
+
+    loaded = subprocess.run(
+        [sys.executable, "-c",
+         "from stages.diffusion import load_pipeline; p = load_pipeline(); "
+         "print(type(p).__name__, p.unet.config.sample_size)"],
+        cwd=workdir.path, env={**stage_env(workdir.cache), **env_extra},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == ["StableDiffusionPipeline", "16"]
+
+    workdir.write_params(model={"base": "nobody/not-cached"})
+    result = run_with_env(workdir, "set_up_diffusers", env_extra)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "model.base nobody/not-cached: cannot get it from the hub" in result.stderr
+    assert "HF_HUB_OFFLINE is set" in result.stderr
+
+
+def test_local_model_folder_is_used_as_it_is(tmp_path, workdir):
+    folder = tmp_path / "my-model"
+    save_tiny_pipeline(folder)
+    workdir.write_params(model={"base": str(folder)})
+    workdir.run("set_up_diffusers")
+    record = json.loads((workdir.path / "outputs/base_model/model.json").read_text())
+    assert record["kind"] == "local" and record["path"] == str(folder.resolve())
+    assert not (workdir.path / "outputs/base_model/pipeline").exists()  # not copied
+
+
+def run_with_env(work: Workdir, stage: str, extra: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", f"stages.{stage}"],
+        cwd=work.path,
+        env={**stage_env(work.cache), **extra},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
