@@ -69,19 +69,22 @@ def draw(pipe, settings: GenerateParams, lora_scale: float, desc: str) -> list[I
 def comparison_grid(
     settings: GenerateParams, base: list[Image.Image], lora: list[Image.Image]
 ) -> Image.Image:
-    """Rows of prompt x seed, columns base | LoRA, each row labelled."""
-    side = base[0].width
-    label = 150
+    """Rows of prompt x seed, columns base | LoRA, each row labelled; small images enlarged
+    (nearest neighbour) to at least 128 px so that a person can see them."""
+    scale = max(1, -(-128 // base[0].width))
+    side = base[0].width * scale
+    label, header = 160, 16
     rows = jobs(settings)
-    grid = Image.new("RGB", (label + 2 * side, 14 + len(rows) * side), "white")
+    grid = Image.new("RGB", (label + 2 * side, header + len(rows) * side), "white")
     text = ImageDraw.Draw(grid)
-    text.text((label + 4, 1), "base", fill="black")
-    text.text((label + side + 4, 1), "LoRA", fill="black")
+    text.text((label + 4, 2), "base", fill="black")
+    text.text((label + side + 4, 2), "LoRA", fill="black")
     for i, ((prompt, seed), b, lo) in enumerate(zip(rows, base, lora, strict=True)):
-        y = 14 + i * side
-        text.text((4, y + side // 2 - 6), f"{prompt[:22]} #{seed}", fill="black")
-        grid.paste(b, (label, y))
-        grid.paste(lo, (label + side, y))
+        y = header + i * side
+        text.text((4, y + side // 2 - 6), f"{prompt[:24]} #{seed}", fill="black")
+        for column, image in enumerate((b, lo)):
+            enlarged = image.resize((side, side), Image.Resampling.NEAREST)
+            grid.paste(enlarged, (label + column * side, y))
     return grid
 
 

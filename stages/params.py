@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from PIL import ImageColor
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from ruamel.yaml import YAML, YAMLError
 
 from stages import paths
 from stages.cli import run_stage
@@ -173,7 +173,7 @@ class TrainLoraParams(Section):
     max_steps: int = Field(300, ge=1, le=1_000_000, description="Optimizer steps")
     batch_size: int = Field(8, ge=1, le=1024, description="Images per forward pass")
     gradient_accumulation: int = Field(1, ge=1, le=1024, description="Passes per optimizer step")
-    learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW peak learning rate")
+    learning_rate: float = Field(5e-4, gt=0, le=1, description="AdamW peak learning rate")
     lr_scheduler: Literal["constant", "cosine", "linear"] = Field(
         "cosine", description="Learning-rate schedule after warm-up"
     )
@@ -183,7 +183,7 @@ class TrainLoraParams(Section):
     )
     random_flip: bool = Field(True, description="Mirror training images at random")
     snr_gamma: float | None = Field(
-        None, gt=0, le=100, description="Min-SNR loss weighting gamma (5 is usual); null: off"
+        5.0, gt=0, le=100, description="Min-SNR loss weighting gamma (5 is usual); null: off"
     )
     checkpoint_every: int = Field(
         100, ge=0, description="Save a resumable checkpoint every N steps; 0: never"
@@ -248,10 +248,12 @@ SECTIONS: dict[str, type[Section]] = {
 def read_params_file(path: Path = paths.PARAMS) -> dict[str, Any]:
     """The raw mapping in params.yaml, or ParamsError saying why it cannot be read."""
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        # YAML 1.2, as DVC reads and writes it: `dvc exp run -S key=no` writes a bare `no`,
+        # which is the string "no" in YAML 1.2 but False in PyYAML's YAML 1.1.
+        raw = YAML(typ="safe", pure=True).load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path} not found; run from the repository root") from None
-    except yaml.YAMLError as error:
+    except YAMLError as error:
         raise ParamsError(f"{path} is not valid YAML: {error}".replace("\n", " ")) from None
     if raw is None:
         return {}

@@ -133,7 +133,7 @@ def main() -> None:
             record = {
                 "kind": "local",
                 "path": str(folder),
-                "fingerprint": folder_fingerprint(folder),
+                "fingerprint": folder_fingerprint(folder, content=False),
             }
         else:
             record = set_up_hub(model.base, model.revision)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,9 +73,9 @@ def test_set_up_diffusers_builds_a_loadable_tiny_pipeline(pipeline_run):
 def test_train_lora_writes_diffusers_weights_params_and_a_loss_curve(pipeline_run):
     tensors = lora_tensors(pipeline_run)
     assert tensors and all(key.startswith("unet.") for key in tensors)
-    assert any("to_q.lora_A" in key for key in tensors)
-    assert any("to_out.0.lora_B" in key for key in tensors)
-    rank = next(t for k, t in tensors.items() if "lora_A" in k).shape[0]
+    assert any("to_q.lora.down" in key for key in tensors)
+    assert any("to_out.0.lora.up" in key for key in tensors)
+    rank = next(t for k, t in tensors.items() if "lora.down" in k).shape[0]
     assert rank == 4
     saved = json.loads((pipeline_run.path / "outputs/lora/params.json").read_text())
     assert saved["train_lora"]["max_steps"] == 6 and saved["seed"] == 42
@@ -151,6 +152,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(pipeline_run, tmp_path):
     work.write_params(**{**TINY, "train_lora": {**TINY["train_lora"], "max_steps": 400}})
     work.run("train_lora")
     uninterrupted = lora_tensors(work)
+    shutil.rmtree(work.path / "outputs/train_lora")  # as DVC does before it runs a stage
 
     process = subprocess.Popen(
         [sys.executable, "-m", "stages.train_lora"],
@@ -186,6 +188,7 @@ def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(pipeline_run):
     work = pipeline_run
     settings = {**TINY["train_lora"], "max_steps": 300, "checkpoint_every": 50}
     work.write_params(**{**TINY, "train_lora": settings})
+    shutil.rmtree(work.path / "outputs/train_lora")
     process = subprocess.Popen(
         [sys.executable, "-m", "stages.train_lora"],
         cwd=work.path,

@@ -96,3 +96,13 @@ def test_bad_param_exits_2_with_one_line_per_problem_and_keeps_outputs(workdir):
     )
     assert "Traceback" not in result.stderr
     assert {p.name: p.read_bytes() for p in images.iterdir()} == before
+
+
+def test_params_are_read_as_yaml_1_2_like_dvc_writes_them(tmp_path):
+    """`dvc exp run -S train_lora.mixed_precision=no` writes a bare `no`: a string, not False."""
+    path = write(tmp_path)
+    text = path.read_text().replace("mixed_precision: 'no'", "mixed_precision: no")
+    path.write_text(text.replace("learning_rate: 0.0005", "learning_rate: 5e-4"))
+    params = load_params("train_lora", path=path)
+    assert params.train_lora.mixed_precision == "no"
+    assert params.train_lora.learning_rate == 5e-4

@@ -1,4 +1,4 @@
-"""The data stages under real DVC, in a temporary git repository copied from this one."""
+"""The pipeline under real DVC, in a temporary git repository copied from this one."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
-from tests.conftest import REPO, stage_env
+from tests.conftest import REPO, default_params, merged, stage_env
+from tests.test_diffusion_stages import TINY
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +21,8 @@ pytestmark = pytest.mark.slow
 COPIED = ["stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
 
 
-def make_repo(root: Path) -> Path:
+def make_repo(root: Path, **params: dict) -> Path:
+    """A git repository holding this project's pipeline, with `params` over the defaults."""
     repo = root / "repo"
     repo.mkdir()
     for name in COPIED:
@@ -29,6 +32,9 @@ def make_repo(root: Path) -> Path:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, target)
+    if params:
+        text = yaml.safe_dump(merged(default_params(), params), allow_unicode=True)
+        (repo / "params.yaml").write_text(text)
     git(repo, "init", "-q", "-b", "main")
     git(repo, "config", "user.email", "test@example.com")
     git(repo, "config", "user.name", "test")
@@ -94,3 +100,33 @@ def test_repro_caches_and_an_experiment_reruns_only_what_changed(tmp_path):
         for e in experiments
         for rev in e["revs"]
     )
+
+
+def test_whole_pipeline_and_a_lora_experiment_reruns_only_what_follows_train_lora(tmp_path):
+    repo, cache = make_repo(tmp_path, **TINY), tmp_path / "cache"
+    first = dvc(repo, cache, "repro")
+    assert ran(first) == [
+        "download_pokemon_stats", "scrape_pokemon_images", "resize_pokemon_images",
+        "set_up_diffusers", "train_lora", "generate_text_to_image",
+    ]  # fmt: skip
+    assert (repo / "outputs/generated/grid.png").is_file()
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "baseline")
+
+    experiment = dvc(repo, cache, "exp", "run", "-S", "train_lora.rank=8")
+    assert ran(experiment) == ["train_lora", "generate_text_to_image"]
+    shown = json.loads(dvc(repo, cache, "exp", "show", "--json"))
+    ranks = [
+        rev["data"]["params"]["params.yaml"]["data"]["train_lora"]["rank"]
+        for commit in shown
+        for e in commit.get("experiments") or []
+        for rev in e["revs"]
+    ]
+    assert 8 in ranks
+    metrics = json.loads(dvc(repo, cache, "metrics", "show", "--json"))
+    (workspace,) = metrics.values()  # DVC keys the workspace ""
+    workspace = workspace["data"]["outputs/train_lora/metrics.json"]["data"]
+    assert workspace["steps"] == TINY["train_lora"]["max_steps"]
+    plots = json.loads(dvc(repo, cache, "plots", "show", "--json"))["data"]
+    assert "outputs/generated/lora/a-pkmnlora-pokemon/seed-0.png" in plots
+    assert "outputs/train_lora/plots/metrics/loss.tsv" in plots
