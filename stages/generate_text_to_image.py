@@ -45,9 +45,13 @@ def initial_noise(pipe, seed: int, height: int, width: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def draw(pipe, settings: GenerateParams, lora_scale: float, desc: str) -> list[Image.Image]:
+def draw(
+    pipe, settings: GenerateParams, lora_scale: float, desc: str, size: int | None = None
+) -> list[Image.Image]:
+    """Every prompt x seed, `settings.batch_size` per call, at `size` px (the model's own size
+    by default)."""
     todo = jobs(settings)
-    height = width = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    height = width = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
     images: list[Image.Image] = []
     for start in tqdm(range(0, len(todo), settings.batch_size), desc=desc, unit="batch"):
         batch = todo[start : start + settings.batch_size]

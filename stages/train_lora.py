@@ -195,7 +195,6 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
 
     count = n = len(examples)
     scaling = pipe.vae.config.scaling_factor
-    num_timesteps = noise_scheduler.config.num_train_timesteps
     started = time.monotonic()
     stop = StopRequest()
     bar = tqdm(range(start_step, cfg.max_steps), desc="train lora", unit="step",
@@ -211,29 +210,12 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
                     index = index + n * torch.from_numpy(rng.random(cfg.batch_size) < 0.5).long()
                 mean, std = encoded.mean[index], encoded.std[index]
                 latents = (mean + std * torch.randn(mean.shape, generator=generator)) * scaling
-                noise = torch.randn(latents.shape, generator=generator)
-                timesteps = torch.randint(0, num_timesteps, (cfg.batch_size,), generator=generator)
-                device = accelerator.device
-                latents, noise, timesteps = (
-                    latents.to(device),
-                    noise.to(device),
-                    timesteps.to(device),
-                )
                 if cfg.train_text_encoder:
-                    hidden = text_encoder(encoded.input_ids[index % n].to(device))[0]
+                    ids = encoded.input_ids[index % n].to(accelerator.device)
+                    hidden = text_encoder(ids)[0]
                 else:
-                    hidden = encoded.hidden[index % n].to(device)
-                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-                if noise_scheduler.config.prediction_type == "v_prediction":
-                    target = noise_scheduler.get_velocity(latents, noise, timesteps)
-                else:
-                    target = noise
-                prediction = unet(
-                    noisy.to(unet.dtype), timesteps, hidden.to(unet.dtype), return_dict=False
-                )[0]
-                loss = weighted_loss(
-                    prediction.float(), target.float(), timesteps, noise_scheduler, cfg
-                )
+                    hidden = encoded.hidden[index % n]
+                loss = denoising_loss(unet, noise_scheduler, latents, hidden, generator, cfg)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, 1.0)
@@ -307,6 +289,33 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
 
 def trained_models(unet, text_encoder, cfg: TrainLoraParams) -> list:
     return [unet, text_encoder] if cfg.train_text_encoder else [unet]
+
+
+def denoising_loss(
+    unet: torch.nn.Module,
+    noise_scheduler: DDPMScheduler,
+    latents: torch.Tensor,
+    hidden: torch.Tensor,
+    generator: torch.Generator,
+    cfg: TrainLoraParams,
+) -> torch.Tensor:
+    """The diffusion training loss of one batch of clean latents and caption embeddings.
+
+    Noise and timesteps come from `generator` on the CPU, so the loss is the same on any device.
+    """
+    device = next(unet.parameters()).device
+    noise = torch.randn(latents.shape, generator=generator)
+    count = noise_scheduler.config.num_train_timesteps
+    timesteps = torch.randint(0, count, (latents.shape[0],), generator=generator).to(device)
+    latents, noise = latents.to(device), noise.to(device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    dtype = next(unet.parameters()).dtype
+    prediction = unet(noisy.to(dtype), timesteps, hidden.to(device, dtype), return_dict=False)[0]
+    return weighted_loss(prediction.float(), target.float(), timesteps, noise_scheduler, cfg)
 
 
 def weighted_loss(prediction, target, timesteps, noise_scheduler, cfg: TrainLoraParams):
