@@ -38,7 +38,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(BIN)/python -m stages.params
 	$(BIN)/dvc repro
-	@echo "Pipeline done: data in data/processed, results in outputs/ ('dvc metrics show', 'dvc plots show')."
+	@echo ""
+	@echo "Pipeline done. Generated Pokémon, base and LoRA from the same noise:"
+	@echo "  outputs/generated/grid.png                       side by side, every prompt and seed"
+	@echo "  outputs/generated/{base,lora}/<prompt>/seed-<n>.png"
+	@echo "  outputs/base_model/samples.png                   what the base model draws per type"
+	@echo "Metrics and plots: dvc metrics show, dvc plots show. Experiments: see the README."
 
 pipeline: demo
 

@@ -218,7 +218,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         generated = generation(build_pipe(args.sd15), device, dtype, args.size,
-                               [1, min(8, args.generate)], args.generate)  # fmt: skip
+                               sorted({1, min(8, args.generate)}), args.generate)  # fmt: skip
         generation_peak = (
             torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
         )

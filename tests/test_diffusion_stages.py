@@ -30,7 +30,13 @@ TINY = {
             "unet_batch_size": 4,
         }
     },
-    "train_lora": {"max_steps": 6, "batch_size": 4, "checkpoint_every": 2, "lr_warmup_steps": 1},
+    "train_lora": {
+        "max_steps": 6,
+        "batch_size": 4,
+        "checkpoint_every": 2,
+        "lr_warmup_steps": 1,
+        "validation_every": 3,
+    },
     "generate": {
         "prompts": ["a pkmnlora pokemon", "a fire type pokemon"],
         "seeds": [0, 1],
@@ -83,6 +89,8 @@ def test_train_lora_writes_diffusers_weights_params_and_a_loss_curve(pipeline_ru
     metrics = json.loads((pipeline_run.path / "outputs/train_lora/metrics.json").read_text())
     assert metrics["steps"] == 6 and metrics["images_per_second"] > 0
     assert metrics["final_loss"] > 0
+    validation = pipeline_run.path / "outputs/train_lora/plots/images/validation"
+    assert sorted(p.name for p in validation.iterdir()) == ["step-000003.png", "step-000006.png"]
 
 
 def test_generate_writes_stable_paths_for_every_prompt_and_seed(pipeline_run):
@@ -149,7 +157,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(pipeline_run, tmp_path):
     """Ctrl-C saves a checkpoint at the end of the current step; the next run continues from
     it, no step is done twice, and the LoRA equals an uninterrupted run's."""
     work = pipeline_run
-    work.write_params(**{**TINY, "train_lora": {**TINY["train_lora"], "max_steps": 400}})
+    settings = {**TINY["train_lora"], "max_steps": 400, "validation_every": 0}
+    work.write_params(**{**TINY, "train_lora": settings})
     work.run("train_lora")
     uninterrupted = lora_tensors(work)
     shutil.rmtree(work.path / "outputs/train_lora")  # as DVC does before it runs a stage
@@ -186,7 +195,12 @@ def test_an_interrupted_run_resumes_where_it_stopped(pipeline_run, tmp_path):
 
 def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(pipeline_run):
     work = pipeline_run
-    settings = {**TINY["train_lora"], "max_steps": 300, "checkpoint_every": 50}
+    settings = {
+        **TINY["train_lora"],
+        "max_steps": 300,
+        "checkpoint_every": 50,
+        "validation_every": 0,
+    }
     work.write_params(**{**TINY, "train_lora": settings})
     shutil.rmtree(work.path / "outputs/train_lora")
     process = subprocess.Popen(
