@@ -228,6 +228,19 @@ class GenerateParams(Section):
         return value
 
 
+class ClassifierParams(Section):
+    test_size: float = Field(
+        0.25, gt=0, lt=1, description="Share of images held out to score the classifier"
+    )
+    epochs: int = Field(15, ge=1, le=1000, description="Passes over the training images")
+    learning_rate: float = Field(2e-3, gt=0, le=1, description="AdamW learning rate")
+    batch_size: int = Field(32, ge=1, le=4096, description="Images per step")
+    augment: bool = Field(True, description="Random flips, shifts, jitter and blur in training")
+    threshold: float = Field(
+        0.5, gt=0, lt=1, description="Probability above which an image counts as the type"
+    )
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -237,6 +250,7 @@ class Params(BaseModel):
     model: ModelParams = ModelParams()
     train_lora: TrainLoraParams = TrainLoraParams()
     generate: GenerateParams = GenerateParams()
+    classifier: ClassifierParams = ClassifierParams()
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -43,6 +43,16 @@ CHECKPOINTS = OUTPUTS / "checkpoints" / "train_lora"  # persisted: survives DVC'
 # generate_text_to_image
 GENERATED = OUTPUTS / "generated"  # base/<prompt-slug>/seed-<n>.png, lora/..., grid.png
 
+# train_classifier
+CLASSIFIER = OUTPUTS / "classifier"  # model.safetensors + config.json (params, held-out files)
+TRAIN_CLASSIFIER = OUTPUTS / "train_classifier"  # dvclive: metrics.json, history, confusion
+
+# evaluate
+EVALUATION = OUTPUTS / "evaluate"  # metrics.json, predictions.csv
+
+# report
+REPORT = OUTPUTS / "report"  # the executed notebook and its HTML export
+
 
 def user_cache_dir() -> Path:
     return Path(os.environ.get("POKEMON_LORA_CACHE") or Path.home() / ".cache" / "pokemon-lora")

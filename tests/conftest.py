@@ -134,3 +134,50 @@ def flaky_server() -> Iterator[FlakyServer]:
     yield state
     server.shutdown()
     server.server_close()
+
+
+# Settings small enough to run every stage in seconds: 32 px data, a few steps each.
+TINY = {
+    "data": {"synthetic_count": 60},
+    "resize": {"size": 32},
+    "model": {
+        "tiny": {
+            "corpus_size": 36,
+            "vae_steps": 3,
+            "unet_steps": 3,
+            "vae_batch_size": 4,
+            "unet_batch_size": 4,
+        }
+    },
+    "train_lora": {
+        "max_steps": 6,
+        "batch_size": 4,
+        "checkpoint_every": 2,
+        "lr_warmup_steps": 1,
+        "validation_every": 3,
+    },
+    "generate": {
+        "prompts": ["a pkmnlora pokemon", "a fire type pokemon"],
+        "seeds": [0, 1],
+        "num_inference_steps": 2,
+        "batch_size": 3,
+    },
+    "classifier": {"epochs": 2, "batch_size": 16},
+}
+STAGES = [
+    "download_pokemon_stats", "scrape_pokemon_images", "resize_pokemon_images",
+    "set_up_diffusers", "train_lora", "generate_text_to_image",
+    "train_classifier", "evaluate",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory) -> Workdir:
+    """One run of every stage with tiny settings, shared by the stage tests."""
+    root = tmp_path_factory.mktemp("diffusion")
+    work = Workdir(root / "work", root / "cache")
+    work.path.mkdir()
+    work.write_params(**TINY)
+    for stage in STAGES:
+        work.run(stage)
+    return work

@@ -12,51 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import Workdir, stage_env
-
-TINY = {
-    "data": {"synthetic_count": 60},
-    "resize": {"size": 32},
-    "model": {
-        "tiny": {
-            "corpus_size": 36,
-            "vae_steps": 3,
-            "unet_steps": 3,
-            "vae_batch_size": 4,
-            "unet_batch_size": 4,
-        }
-    },
-    "train_lora": {
-        "max_steps": 6,
-        "batch_size": 4,
-        "checkpoint_every": 2,
-        "lr_warmup_steps": 1,
-        "validation_every": 3,
-    },
-    "generate": {
-        "prompts": ["a pkmnlora pokemon", "a fire type pokemon"],
-        "seeds": [0, 1],
-        "num_inference_steps": 2,
-        "batch_size": 3,
-    },
-}
-DATA_STAGES = ["download_pokemon_stats", "scrape_pokemon_images", "resize_pokemon_images"]
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory) -> Workdir:
-    """One run of every stage through generate_text_to_image, shared by the tests below."""
-    root = tmp_path_factory.mktemp("diffusion")
-    work = Workdir(root / "work", root / "cache")
-    work.path.mkdir()
-    work.write_params(**TINY)
-    for stage in [*DATA_STAGES, "set_up_diffusers", "train_lora", "generate_text_to_image"]:
-        work.run(stage)
-    return work
+from tests.conftest import TINY, Workdir, stage_env
 
 
 def lora_tensors(work: Workdir) -> dict[str, torch.Tensor]:

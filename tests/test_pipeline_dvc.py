@@ -12,8 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import REPO, default_params, merged, stage_env
-from tests.test_diffusion_stages import TINY
+from tests.conftest import REPO, TINY, default_params, merged, stage_env
 
 pytestmark = pytest.mark.slow
 

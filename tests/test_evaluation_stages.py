@@ -1,0 +1,101 @@
+"""train_classifier, evaluate and the papermill report stage, on the shared tiny run."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pandas as pd
+import yaml
+
+from tests.conftest import REPO, TINY, Workdir, stage_env
+
+
+def read(work: Workdir, path: str):
+    return json.loads((work.path / path).read_text())
+
+
+def test_classifier_is_scored_on_held_out_images_only(pipeline_run):
+    config = read(pipeline_run, "outputs/classifier/config.json")
+    metrics = read(pipeline_run, "outputs/train_classifier/metrics.json")
+    images = len((pipeline_run.path / "data/processed/images/metadata.jsonl").read_text().split())
+    assert metrics["test_images"] == len(config["test_files"]) == len(set(config["test_files"]))
+    assert metrics["train_images"] + metrics["test_images"] == TINY["data"]["synthetic_count"]
+    assert images > 0
+    for key in ("accuracy", "precision", "recall", "f1", "roc_auc"):
+        assert 0 <= metrics[key] <= 1
+    assert config["pokemon_type"] == "Water" and config["metrics"]["f1"] == metrics["f1"]
+    assert (pipeline_run.path / "outputs/classifier/model.safetensors").is_file()
+
+
+def test_history_per_epoch_and_a_confusion_matrix_dvc_can_draw(pipeline_run):
+    history = pipeline_run.path / "outputs/train_classifier/plots/metrics"
+    for split in ("train", "test"):
+        for metric in ("loss", "accuracy"):
+            frame = pd.read_csv(history / split / f"{metric}.tsv", sep="\t")
+            assert list(frame.columns) == ["step", metric]
+            assert frame["step"].tolist() == list(range(TINY["classifier"]["epochs"]))
+    confusion = read(pipeline_run, "outputs/train_classifier/plots/sklearn/confusion_matrix.json")
+    metrics = read(pipeline_run, "outputs/train_classifier/metrics.json")
+    assert len(confusion) == metrics["test_images"]
+    assert all(set(row) == {"actual", "predicted"} for row in confusion)
+    assert {row["actual"] for row in confusion} == {"Water", "not Water"}
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train_classifier"]
+    confusion_plot = next(p for p in stage["plots"] if "confusion" in json.dumps(p))
+    definition = confusion_plot["outputs/train_classifier/plots/sklearn/confusion_matrix.json"]
+    assert definition["template"] == "confusion"
+    assert (definition["x"], definition["y"]) == ("actual", "predicted")
+
+
+def test_evaluate_scores_every_generated_image(pipeline_run):
+    metrics = read(pipeline_run, "outputs/evaluate/metrics.json")
+    predictions = pd.read_csv(pipeline_run.path / "outputs/evaluate/predictions.csv")
+    pairs = len(TINY["generate"]["prompts"]) * len(TINY["generate"]["seeds"])
+    assert len(predictions) == 2 * pairs == 2 * metrics["images"]
+    for variant in ("base", "lora"):
+        rows = predictions[predictions["variant"] == variant]
+        assert metrics[f"type_fidelity_{variant}"] == rows["is_water"].mean()
+        assert 0 <= metrics[f"diversity_{variant}"] <= 1
+    assert metrics["lift"] == metrics["type_fidelity_lora"] - metrics["type_fidelity_base"]
+    assert predictions["probability"].between(0, 1).all()
+
+
+def report_command(work: Workdir) -> str:
+    """The report stage's cmd from dvc.yaml, with ${section.key} filled in as DVC does."""
+    params = yaml.safe_load((work.path / "params.yaml").read_text())
+    command = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["report"]["cmd"]
+
+    def value(match: re.Match) -> str:
+        node = params
+        for part in match.group(1).split("."):
+            node = node[part]
+        return str(node)
+
+    return re.sub(r"\$\{([\w.]+)\}", value, command)
+
+
+def test_report_notebook_runs_with_the_injected_params(pipeline_run):
+    work = pipeline_run
+    (work.path / "notebooks").mkdir(exist_ok=True)
+    (work.path / "notebooks/report.ipynb").write_bytes(
+        (REPO / "notebooks/report.ipynb").read_bytes()
+    )
+    work.write_params(**{**TINY, "train_lora": {**TINY["train_lora"], "rank": 3}})
+    result = subprocess.run(
+        report_command(work), shell=True, cwd=work.path, env=stage_env(work.cache),
+        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    notebook = read(work, "outputs/report/report.ipynb")
+    injected = next(
+        c for c in notebook["cells"] if "injected-parameters" in c["metadata"].get("tags", [])
+    )
+    source = "".join(injected["source"])
+    assert "rank = 3" in source and 'pokemon_type = "Water"' in source
+    outputs = [o for c in notebook["cells"] for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    html = (work.path / "outputs/report/report.html").read_text()
+    assert "LoRA training loss" in html and "Base and LoRA, from the same noise" in html
+    assert "data:image/png;base64" in html  # the grid is embedded: the file opens on its own
+    work.write_params(**TINY)
