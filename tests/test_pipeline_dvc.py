@@ -101,31 +101,51 @@ def test_repro_caches_and_an_experiment_reruns_only_what_changed(tmp_path):
     )
 
 
-def test_whole_pipeline_and_a_lora_experiment_reruns_only_what_follows_train_lora(tmp_path):
-    repo, cache = make_repo(tmp_path, **TINY), tmp_path / "cache"
-    first = dvc(repo, cache, "repro")
-    assert ran(first) == [
-        "download_pokemon_stats", "scrape_pokemon_images", "resize_pokemon_images",
-        "set_up_diffusers", "train_lora", "generate_text_to_image",
-    ]  # fmt: skip
-    assert (repo / "outputs/generated/grid.png").is_file()
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "baseline")
-
-    experiment = dvc(repo, cache, "exp", "run", "-S", "train_lora.rank=8")
-    assert ran(experiment) == ["train_lora", "generate_text_to_image"]
+def exp_names(repo: Path, cache: Path) -> dict[str, dict]:
+    """Experiment name -> its data in `dvc exp show --json`."""
     shown = json.loads(dvc(repo, cache, "exp", "show", "--json"))
-    ranks = [
-        rev["data"]["params"]["params.yaml"]["data"]["train_lora"]["rank"]
+    return {
+        e["name"]: rev["data"]
         for commit in shown
         for e in commit.get("experiments") or []
         for rev in e["revs"]
-    ]
-    assert 8 in ranks
-    metrics = json.loads(dvc(repo, cache, "metrics", "show", "--json"))
-    (workspace,) = metrics.values()  # DVC keys the workspace ""
-    workspace = workspace["data"]["outputs/train_lora/metrics.json"]["data"]
-    assert workspace["steps"] == TINY["train_lora"]["max_steps"]
-    plots = json.loads(dvc(repo, cache, "plots", "show", "--json"))["data"]
-    assert "outputs/generated/lora/a-pkmnlora-pokemon/seed-0.png" in plots
-    assert "outputs/train_lora/plots/metrics/loss.tsv" in plots
+        if e.get("name")
+    }
+
+
+def test_whole_pipeline_then_two_experiments_compared_by_dvc_metrics_and_plots(tmp_path):
+    repo, cache = make_repo(tmp_path, **TINY), tmp_path / "cache"
+    first = dvc(repo, cache, "repro")
+    assert sorted(ran(first)) == sorted(
+        ["download_pokemon_stats", "scrape_pokemon_images", "resize_pokemon_images",
+         "set_up_diffusers", "train_lora", "generate_text_to_image",
+         "train_classifier", "evaluate", "report"]
+    )  # fmt: skip
+    assert (repo / "outputs/generated/grid.png").is_file()
+    assert (repo / "outputs/report/report.html").is_file()
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "baseline")
+
+    experiment = dvc(repo, cache, "exp", "run", "-n", "rank-8", "-S", "train_lora.rank=8")
+    assert ran(experiment) == ["train_lora", "generate_text_to_image", "evaluate", "report"]
+    dvc(repo, cache, "exp", "run", "-n", "rank-2", "-S", "train_lora.rank=2")
+    experiments = exp_names(repo, cache)
+    ranks = {name: data["params"]["params.yaml"]["data"]["train_lora"]["rank"]
+             for name, data in experiments.items()}  # fmt: skip
+    assert ranks == {"rank-8": 8, "rank-2": 2}
+    lift = experiments["rank-8"]["metrics"]["outputs/evaluate/metrics.json"]["data"]["lift"]
+    assert -1 <= lift <= 1
+
+    diff = json.loads(dvc(repo, cache, "metrics", "diff", "rank-8", "rank-2", "--json"))
+    changed = diff["diff"]["outputs/train_lora/metrics.json"]
+    assert changed["final_loss"]["old"] != changed["final_loss"]["new"]
+
+    plots = json.loads(
+        dvc(repo, cache, "plots", "diff", "rank-8", "rank-2", "--json", "-o", str(tmp_path / "p"))
+    )["data"]
+    loss = plots["outputs/train_lora/plots/metrics/loss.tsv"][0]["content"]["data"]["values"]
+    assert {point["rev"] for point in loss} == {"rank-8", "rank-2"}
+    images = plots["outputs/generated/lora/a-pkmnlora-pokemon/seed-0.png"]
+    assert {image["revisions"][0] for image in images} == {"rank-8", "rank-2"}
+    confusion = plots["outputs/train_classifier/plots/sklearn/confusion_matrix.json"][0]
+    assert confusion["type"] == "vega"
