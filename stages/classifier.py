@@ -57,9 +57,10 @@ def to_tensor(images: list[Image.Image], size: int) -> torch.Tensor:
 
 
 def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random mirror, shifts of up to 1/8 of the side, a little brightness and contrast jitter,
-    and on half the images a loss of detail (down- then up-sampling by 2 to 4): generated
-    images are softer than drawn ones, and the classifier must judge both."""
+    """Random mirror, shifts of up to 1/8 of the side and a little brightness and contrast
+    jitter; on half the images a loss of detail (down- then up-sampling by 2 to 4), on half a
+    loss of colour (up to 60 % toward grey). Generated images are softer and paler than drawn
+    ones, and the classifier must judge both by hue and shape, not by crisp saturated pixels."""
     n, _, side, _ = batch.shape
     flip = torch.rand(n, generator=generator) < 0.5
     batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
@@ -75,7 +76,11 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         small, size=(side, side), mode="bilinear", align_corners=False
     )
     degrade = torch.rand(n, generator=generator) < 0.5
-    return torch.where(degrade[:, None, None, None], soft, batch)
+    batch = torch.where(degrade[:, None, None, None], soft, batch)
+    grey = batch.mean(dim=1, keepdim=True).expand_as(batch)
+    amount = 0.6 * torch.rand(n, 1, 1, 1, generator=generator)
+    pale = torch.rand(n, generator=generator)[:, None, None, None] < 0.5
+    return torch.where(pale, batch * (1 - amount) + grey * amount, batch)
 
 
 def stratified_split(

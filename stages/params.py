@@ -119,14 +119,11 @@ class TinyModelParams(Section):
     corpus_size: int = Field(
         1800, ge=18, le=100_000, description="Synthetic creatures the tiny base model learns from"
     )
-    vae_steps: int = Field(1200, ge=0, le=100_000, description="Autoencoder training steps")
+    vae_steps: int = Field(600, ge=0, le=100_000, description="Autoencoder training steps")
     unet_steps: int = Field(2400, ge=0, le=1_000_000, description="UNet training steps")
-    vae_batch_size: int = Field(32, ge=1, le=1024, description="Crops per autoencoder step")
+    vae_batch_size: int = Field(16, ge=1, le=1024, description="Images per autoencoder step")
     unet_batch_size: int = Field(32, ge=1, le=1024, description="Images per UNet step")
-    vae_learning_rate: float = Field(
-        2e-3, gt=0, le=1, description="Peak learning rate of the autoencoder (one-cycle)"
-    )
-    learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate of the UNet")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate")
     max_minutes: float = Field(
         8.0, gt=0, le=24 * 60, description="Time budget of the pretraining, in minutes"
     )
@@ -238,7 +235,9 @@ class ClassifierParams(Section):
     epochs: int = Field(15, ge=1, le=1000, description="Passes over the training images")
     learning_rate: float = Field(2e-3, gt=0, le=1, description="AdamW learning rate")
     batch_size: int = Field(32, ge=1, le=4096, description="Images per step")
-    augment: bool = Field(True, description="Random flips, shifts, jitter and blur in training")
+    augment: bool = Field(
+        True, description="Random flips, shifts, jitter, blur and paling in training"
+    )
     threshold: float = Field(
         0.5, gt=0, lt=1, description="Probability above which an image counts as the type"
     )

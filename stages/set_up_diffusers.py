@@ -72,7 +72,7 @@ def set_up_tiny(model: ModelParams, seed: int, out: Path) -> dict:
     corpus = make_corpus(settings.corpus_size, TINY_SIZE, seed)
     stats = pretrain_vae(
         components["vae"], corpus, settings.vae_steps, settings.vae_batch_size,
-        settings.vae_learning_rate, seed, deadline=start + 0.3 * budget,
+        settings.learning_rate, seed, deadline=start + 0.3 * budget,
     )  # fmt: skip
     stats |= pretrain_unet(
         components, corpus, settings.unet_steps, settings.unet_batch_size,

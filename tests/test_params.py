@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.params import SECTIONS, ParamsError, load_params
+from stages.params import SECTIONS, Params, ParamsError, load_params
 from tests.conftest import REPO, default_params, merged
 
 
@@ -25,6 +25,8 @@ def test_repository_params_are_valid_and_match_the_schema():
     for name, section in SECTIONS.items():
         assert set(raw[name]) == set(section.model_fields), name
     assert params.base.pokemon_type == "Water" and params.data.source == "synthetic"
+    # the schema's defaults are the shipped params: a form built from it starts from them
+    assert params.model_dump() == Params().model_dump()
 
 
 def test_every_params_entry_has_a_comment():
