@@ -43,6 +43,7 @@ demo: setup
 	@echo "  outputs/generated/grid.png                       side by side, every prompt and seed"
 	@echo "  outputs/generated/{base,lora}/<prompt>/seed-<n>.png"
 	@echo "  outputs/base_model/samples.png                   what the base model draws per type"
+	@echo "  outputs/report/report.html                       the run's report"
 	@echo "Metrics and plots: dvc metrics show, dvc plots show. Experiments: see the README."
 
 pipeline: demo
