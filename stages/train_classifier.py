@@ -14,7 +14,6 @@ import logging
 
 import numpy as np
 import torch
-from dvclive import Live
 from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 from torch import nn
@@ -27,6 +26,7 @@ from stages.errors import StageError
 from stages.fsutil import atomic_dir
 from stages.params import load_params
 from stages.pokemon import in_training_type
+from stages.tracking import close_live, open_live
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     generator = torch.Generator().manual_seed(seed)
-    live = Live(dir=str(paths.TRAIN_CLASSIFIER), save_dvc_exp=False, dvcyaml=None, report=None)
+    live = open_live(paths.TRAIN_CLASSIFIER)
     train_index, test_index = torch.tensor(train_ids), torch.tensor(test_ids)
     for _ in tqdm(range(cfg.epochs), desc="train classifier", unit="epoch"):
         model.train()
@@ -126,14 +126,7 @@ def main() -> None:
         [positive if p else negative for p in predicted],
         name="confusion_matrix.json",
     )
-    for key, value in {
-        **metrics,
-        "train_images": len(train_ids),
-        "test_images": len(test_ids),
-    }.items():
-        live.summary[key] = value
-    live.make_summary()
-    live.end()
+    close_live(live, {**metrics, "train_images": len(train_ids), "test_images": len(test_ids)})
     with atomic_dir(paths.CLASSIFIER) as out:
         save_classifier(
             out,

@@ -23,7 +23,6 @@ from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params, compute_snr
-from dvclive import Live
 from peft import LoraConfig
 from peft.utils import set_peft_model_state_dict
 from tqdm import tqdm
@@ -44,6 +43,7 @@ from stages.lora import (
     save_lora,
 )
 from stages.params import TrainLoraParams, load_params
+from stages.tracking import close_live, open_live
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
         start_step, history = state["step"], state["history"]
         log.info("resuming from the checkpoint at step %d (%s)", start_step, checkpoint_file)
 
-    live = Live(dir=str(paths.TRAIN_LORA), save_dvc_exp=False, dvcyaml=None, report=None)
+    live = open_live(paths.TRAIN_LORA)
     for entry in history:  # the steps done before the interruption: one continuous curve
         live.step = entry["step"]
         live.log_metric("loss", entry["loss"])
@@ -267,10 +267,7 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
             steps_run * cfg.batch_size * cfg.gradient_accumulation / max(seconds, 1e-9), 2
         ),
     }
-    for key, value in metrics.items():
-        live.summary[key] = value
-    live.make_summary()
-    live.end()
+    close_live(live, metrics)
 
     with atomic_dir(paths.LORA) as out:
         save_lora(

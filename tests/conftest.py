@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -56,9 +56,23 @@ class Workdir:
         params = merged(default_params(), sections)
         (self.path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
 
+    def command(self, stage: str) -> list[str]:
+        return [sys.executable, "-m", f"stages.{stage}"]
+
+    def start(self, stage: str, stderr: int = subprocess.DEVNULL) -> subprocess.Popen:
+        """Start a stage in the background, to stop or kill it half-way."""
+        return subprocess.Popen(
+            self.command(stage),
+            cwd=self.path,
+            env=stage_env(self.cache),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+        )
+
     def run(self, stage: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            [sys.executable, "-m", f"stages.{stage}"],
+            self.command(stage),
             cwd=self.path,
             env=stage_env(self.cache),
             capture_output=True,
@@ -69,6 +83,20 @@ class Workdir:
         if check and result.returncode != 0:
             raise AssertionError(f"stage {stage} failed:\n{result.stdout}\n{result.stderr}")
         return result
+
+
+def wait_until(
+    condition: Callable[[], bool], process: subprocess.Popen, timeout: float = 120
+) -> None:
+    """Poll `condition` until it holds; fail if the process ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if condition():
+            return
+        time.sleep(0.01)
+    pytest.fail(
+        f"gave up waiting: the process {'ended' if process.poll() is not None else 'ran on'}"
+    )
 
 
 @pytest.fixture

@@ -9,13 +9,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import TINY, Workdir, stage_env
+from tests.conftest import TINY, Workdir, stage_env, wait_until
 
 
 def lora_tensors(work: Workdir) -> dict[str, torch.Tensor]:
@@ -23,8 +22,10 @@ def lora_tensors(work: Workdir) -> dict[str, torch.Tensor]:
 
 
 def loss_steps(work: Workdir) -> list[int]:
-    lines = (work.path / "outputs/train_lora/plots/metrics/loss.tsv").read_text().splitlines()
-    return [int(line.split("\t")[0]) for line in lines[1:]]
+    """The steps in the LoRA's loss log; none while the stage has not written it yet."""
+    path = work.path / "outputs/train_lora/plots/metrics/loss.tsv"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [int(line.split("\t")[0]) for line in lines[1:] if line.strip()]
 
 
 def test_set_up_diffusers_builds_a_loadable_tiny_pipeline(pipeline_run):
@@ -122,20 +123,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(pipeline_run, tmp_path):
     uninterrupted = lora_tensors(work)
     shutil.rmtree(work.path / "outputs/train_lora")  # as DVC does before it runs a stage
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stages.train_lora"],
-        cwd=work.path,
-        env=stage_env(work.cache),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    loss_file = work.path / "outputs/train_lora/plots/metrics/loss.tsv"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if loss_file.exists() and len(loss_file.read_text().splitlines()) > 20:
-            break
-        time.sleep(0.01)
+    process = work.start("train_lora", stderr=subprocess.PIPE)
+    wait_until(lambda: len(loss_steps(work)) > 20, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
@@ -162,19 +151,8 @@ def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(pipeline_run):
     }
     work.write_params(**{**TINY, "train_lora": settings})
     shutil.rmtree(work.path / "outputs/train_lora")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stages.train_lora"],
-        cwd=work.path,
-        env=stage_env(work.cache),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    loss_file = work.path / "outputs/train_lora/plots/metrics/loss.tsv"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if loss_file.exists() and len(loss_file.read_text().splitlines()) > 120:
-            break
-        time.sleep(0.01)
+    process = work.start("train_lora")
+    wait_until(lambda: len(loss_steps(work)) > 120, process)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     result = work.run("train_lora")

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from stages.fsutil import atomic_dir, atomic_write_json
-from tests.conftest import stage_env
+from tests.conftest import wait_until
 
 
 def test_atomic_dir_replaces_the_old_folder_only_on_success(tmp_path):
@@ -40,22 +37,14 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 def test_a_killed_stage_leaves_no_half_written_output_and_the_next_run_cleans_up(workdir):
     workdir.write_params(data={"synthetic_count": 3000})
     workdir.run("download_pokemon_stats")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stages.scrape_pokemon_images"],
-        cwd=workdir.path,
-        env=stage_env(workdir.cache),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = workdir.start("scrape_pokemon_images")
     external = workdir.path / "data/external"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # wait until it is half-way through writing images
+
+    def half_written() -> bool:
         partial = list(external.glob(".images.tmp-*"))
-        if partial and len(os.listdir(partial[0])) > 50:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("the stage never started writing")
+        return bool(partial) and len(os.listdir(partial[0])) > 50
+
+    wait_until(half_written, process, timeout=60)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not (external / "images").exists()  # nothing that DVC could take for an output

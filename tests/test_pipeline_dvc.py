@@ -17,7 +17,9 @@ from tests.conftest import REPO, TINY, default_params, merged, stage_env
 pytestmark = pytest.mark.slow
 
 # What a user's clone holds: code, pipeline and params; no data, no outputs, no lock file.
-COPIED = ["stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+COPIED = [
+    "stages", "notebooks", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore",
+]  # fmt: skip
 
 
 def make_repo(root: Path, **params: dict) -> Path:
@@ -137,7 +139,7 @@ def test_whole_pipeline_then_two_experiments_compared_by_dvc_metrics_and_plots(t
     assert -1 <= lift <= 1
 
     diff = json.loads(dvc(repo, cache, "metrics", "diff", "rank-8", "rank-2", "--json"))
-    changed = diff["diff"]["outputs/train_lora/metrics.json"]
+    changed = diff["outputs/train_lora/metrics.json"]
     assert changed["final_loss"]["old"] != changed["final_loss"]["new"]
 
     plots = json.loads(
