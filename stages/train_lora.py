@@ -278,7 +278,7 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
         atomic_write_json(
             out / "params.json",
             {"train_lora": cfg.model_dump(), "seed": seed, "base_model": record,
-             "training_images": n, "fingerprint": run_id, "metrics": metrics},
+             "training_images": n, "fingerprint": run_id},
         )  # fmt: skip
     checkpoint_file.unlink(missing_ok=True)
     log.info("LoRA saved to %s: %s", paths.LORA / paths.LORA_WEIGHTS, json.dumps(metrics))

@@ -136,8 +136,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(pipeline_run, tmp_path):
     assert loss_steps(work) == list(range(400))  # one continuous curve, no step twice
     resumed = lora_tensors(work)
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
-    params = json.loads((work.path / "outputs/lora/params.json").read_text())
-    assert params["metrics"]["resumed_from_step"] == stopped_at
+    metrics = json.loads((work.path / "outputs/train_lora/metrics.json").read_text())
+    assert metrics["resumed_from_step"] == stopped_at
     work.write_params(**TINY)
 
 
