@@ -193,7 +193,7 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
         live.log_metric("lr", entry["lr"])
         live.next_step()
 
-    count = n = len(examples)
+    n = len(examples)
     scaling = pipe.vae.config.scaling_factor
     started = time.monotonic()
     stop = StopRequest()
@@ -205,7 +205,7 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
         for micro in range(cfg.gradient_accumulation):
             rng, generator = step_randomness(seed, step, micro)
             with accelerator.accumulate(*trained_models(unet, text_encoder, cfg)):
-                index = torch.from_numpy(rng.integers(0, count, cfg.batch_size))
+                index = torch.from_numpy(rng.integers(0, n, cfg.batch_size))
                 if cfg.random_flip:
                     index = index + n * torch.from_numpy(rng.random(cfg.batch_size) < 0.5).long()
                 mean, std = encoded.mean[index], encoded.std[index]
