@@ -1,0 +1,167 @@
+"""The dashboard's data layer: what `dvc exp show --json` and `dvc plots diff --json` say, as
+pandas DataFrames and image paths. Pure parsers; no widgets, no torch, no diffusers.
+
+Columns of the experiments frame: `id`, `name`, `kind` (workspace, baseline, experiment),
+`state` (workspace, success, failed, queued, running), `created`, `parent` (the baseline's id),
+`error`, then one column per param (`train_lora.rank`), per metric (`lift`, or
+`train_classifier/step` where two metrics files share a name) and per dependency
+(`dep:stages/train_lora.py`, its hash). `frame.attrs` lists which columns are which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import PurePosixPath
+from typing import Any
+
+import pandas as pd
+
+FIXED_COLUMNS = ["id", "name", "kind", "state", "created", "parent", "error"]
+DEP_PREFIX = "dep:"
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}, 'c': [1, 2]} -> {'a.b': 1, 'c': [1, 2]}."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _file_data(files: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """{path: flattened data} of a params or metrics section; files that failed to load are
+    left out (the row's error says why)."""
+    return {
+        path: flatten(content.get("data") or {})
+        for path, content in (files or {}).items()
+        if isinstance(content, Mapping)
+    }
+
+
+def _metric_names(revisions: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
+    """Column names of metrics: the bare key where it is unique across metrics files, else
+    `<folder of the file>/<key>` (both train_lora and train_classifier log a `step`)."""
+    files_by_key: dict[str, set[str]] = {}
+    for data in revisions:
+        for path, values in _file_data(data.get("metrics")).items():
+            for key in values:
+                files_by_key.setdefault(key, set()).add(path)
+    names = {}
+    for key, files in files_by_key.items():
+        for path in files:
+            folder = PurePosixPath(path).parent.name
+            names[(path, key)] = key if len(files) == 1 else f"{folder}/{key}"
+    return names
+
+
+def _error_text(error: Any) -> str | None:
+    if not error:
+        return None
+    if isinstance(error, Mapping):
+        return str(error.get("msg") or error.get("type") or error)
+    return str(error)
+
+
+def _state(kind: str, executor: Mapping[str, Any] | None, error: str | None) -> str:
+    if executor and executor.get("state"):
+        return str(executor["state"])
+    if kind == "workspace":
+        return "workspace"
+    return "failed" if error else "success"
+
+
+def _row(entry: Mapping[str, Any], kind: str, parent: str | None, executor, names) -> dict:
+    data = entry.get("data") or {}
+    error = _error_text(entry.get("error"))
+    row: dict[str, Any] = {
+        "id": entry["rev"],
+        "name": entry.get("name") or (entry["rev"] if kind == "workspace" else entry["rev"][:7]),
+        "kind": kind,
+        "state": _state(kind, executor, error),
+        "created": pd.to_datetime(data.get("timestamp"), errors="coerce"),
+        "parent": parent,
+        "error": error,
+    }
+    for values in _file_data(data.get("params")).values():
+        row.update(values)
+    for path, values in _file_data(data.get("metrics")).items():
+        row.update({names[(path, key)]: value for key, value in values.items()})
+    for path, dep in (data.get("deps") or {}).items():
+        row[DEP_PREFIX + path] = (dep or {}).get("hash")
+    return row
+
+
+def _entries(exp_show: list[Mapping[str, Any]]):
+    """(entry, kind, parent id, executor) for every row: baselines, then their experiments."""
+    for commit in exp_show:
+        kind = "workspace" if commit["rev"] == "workspace" else "baseline"
+        yield commit, kind, None, None
+        for experiment in commit.get("experiments") or []:
+            for revision in experiment.get("revs") or []:
+                yield revision, "experiment", commit["rev"], experiment.get("executor")
+
+
+def experiments_frame(exp_show: list[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per workspace, baseline commit and experiment of `dvc exp show --json`."""
+    entries = list(_entries(exp_show))
+    names = _metric_names(entry.get("data") or {} for entry, *_ in entries)
+    rows = [
+        _row(entry, kind, parent, executor, names) for entry, kind, parent, executor in entries
+    ]
+    frame = pd.DataFrame(rows)
+    for column in FIXED_COLUMNS:
+        if column not in frame:
+            frame[column] = pd.Series(dtype=object)
+    params = sorted(
+        {
+            key
+            for entry, *_ in entries
+            for values in _file_data((entry.get("data") or {}).get("params")).values()
+            for key in values
+        }
+    )
+    metrics = sorted(set(names.values()))
+    deps = sorted(c for c in frame.columns if c.startswith(DEP_PREFIX))
+    frame = frame[FIXED_COLUMNS + params + metrics + deps]
+    frame.attrs.update(params=params, metrics=metrics, deps=deps)
+    return frame
+
+
+def curve_points(plots_diff: Mapping[str, Any], path: str) -> pd.DataFrame:
+    """The points of one line plot of `dvc plots diff --json`: rev, step, value (numbers: DVC
+    hands values read from CSV or TSV back as strings)."""
+    entries = (plots_diff.get("data") or {}).get(path) or []
+    rows = []
+    for entry in entries:
+        if entry.get("type") != "vega":
+            continue
+        values = ((entry.get("content") or {}).get("data") or {}).get("values") or []
+        for point in values:
+            fields = [k for k in point if k not in ("rev", "step", "filename", "field")]
+            if "step" not in point or not fields:
+                continue
+            rows.append(
+                {"rev": point.get("rev"), "step": point["step"], "value": point[fields[0]]}
+            )
+    frame = pd.DataFrame(rows, columns=["rev", "step", "value"])
+    frame["step"] = pd.to_numeric(frame["step"], errors="coerce")
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
+    return frame.dropna(subset=["step", "value"]).sort_values(["rev", "step"], kind="stable")
+
+
+def image_files(plots_diff: Mapping[str, Any], prefix: str = "") -> dict[tuple[str, str], str]:
+    """{(rev, image path in the repository): file that `dvc plots diff -o` wrote} for the
+    image plots under `prefix`."""
+    found = {}
+    for path, entries in (plots_diff.get("data") or {}).items():
+        if not path.startswith(prefix):
+            continue
+        for entry in entries:
+            if entry.get("type") == "image" and entry.get("url"):
+                for rev in entry.get("revisions") or []:
+                    found[(rev, path)] = entry["url"]
+    return found

@@ -1,0 +1,73 @@
+"""The dashboard's parsers, on JSON recorded from real runs of this pipeline
+(tests/fixtures/record_dvc_json.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from dashboard.data import curve_points, experiments_frame, flatten, image_files
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def load(name: str):
+    return json.loads((FIXTURES / name).read_text())
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {
+        "a.b": 1, "a.c.d": [1, 2], "e": None,
+    }  # fmt: skip
+
+
+def test_one_row_per_workspace_baseline_and_experiment():
+    frame = experiments_frame(load("exp_show.json"))
+    assert frame["kind"].tolist() == ["workspace", "baseline", "experiment", "experiment",
+                                      "experiment"]  # fmt: skip
+    by_name = frame.set_index("name")
+    assert by_name.loc["rank-8", "train_lora.rank"] == 8
+    assert by_name.loc["lr-high", "train_lora.learning_rate"] == 0.002
+    assert by_name.loc["queued-16", "state"] == "queued"
+    assert by_name.loc["rank-8", "state"] == "success"
+    assert by_name.loc["workspace", "state"] == "workspace"
+    baseline = frame[frame["kind"] == "baseline"].iloc[0]
+    assert (frame[frame["kind"] == "experiment"]["parent"] == baseline["id"]).all()
+    assert baseline["name"] == "main"
+    assert isinstance(by_name.loc["rank-8", "created"], pd.Timestamp)
+
+
+def test_columns_for_every_param_metric_and_dep():
+    frame = experiments_frame(load("exp_show.json"))
+    assert {"train_lora.rank", "generate.seeds", "model.tiny.unet_steps"} <= set(
+        frame.attrs["params"]
+    )
+    metrics = set(frame.attrs["metrics"])
+    assert {"lift", "type_fidelity_lora", "f1", "final_loss"} <= metrics
+    assert {"train_lora/step", "train_classifier/step"} <= metrics  # a shared name, told apart
+    assert "dep:stages/train_lora.py" in frame.attrs["deps"]
+    finished = frame[frame["state"] == "success"]
+    assert finished["lift"].notna().all()
+    assert (
+        frame.set_index("name").loc["queued-16", "lift"]
+        != frame.set_index("name").loc["queued-16", "lift"]
+    )  # NaN: a queued experiment has no metrics yet
+
+
+def test_curve_points_are_numbers_per_revision():
+    points = curve_points(load("plots_diff.json"), "outputs/train_lora/plots/metrics/loss.tsv")
+    assert set(points["rev"]) == {"rank-8", "lr-high"}
+    assert points["step"].dtype.kind in "if" and points["value"].dtype.kind == "f"
+    steps = points[points["rev"] == "rank-8"]["step"].tolist()
+    assert steps == sorted(steps) and steps[0] == 0
+    assert curve_points(load("plots_diff.json"), "no/such.tsv").empty
+
+
+def test_image_files_per_revision_and_path():
+    files = image_files(load("plots_diff.json"), prefix="outputs/generated/lora/")
+    key = ("rank-8", "outputs/generated/lora/a-pkmnlora-pokemon/seed-0.png")
+    assert files[key].startswith("PLOTS/")
+    assert {rev for rev, _ in files} == {"rank-8", "lr-high"}
+    assert not any("base" in path for _, path in files)
