@@ -50,10 +50,7 @@ def test_columns_for_every_param_metric_and_dep():
     assert "dep:stages/train_lora.py" in frame.attrs["deps"]
     finished = frame[frame["state"] == "success"]
     assert finished["lift"].notna().all()
-    assert (
-        frame.set_index("name").loc["queued-16", "lift"]
-        != frame.set_index("name").loc["queued-16", "lift"]
-    )  # NaN: a queued experiment has no metrics yet
+    assert pd.isna(frame.set_index("name").loc["queued-16", "lift"])  # queued: no metrics yet
 
 
 def test_curve_points_are_numbers_per_revision():
