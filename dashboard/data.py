@@ -10,6 +10,8 @@ Columns of the experiments frame: `id`, `name`, `kind` (workspace, baseline, exp
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
 from typing import Any
@@ -165,3 +167,37 @@ def image_files(plots_diff: Mapping[str, Any], prefix: str = "") -> dict[tuple[s
                 for rev in entry.get("revisions") or []:
                     found[(rev, path)] = entry["url"]
     return found
+
+
+class FilterError(ValueError):
+    """A filter expression that cannot be applied; the message says why."""
+
+
+def filter_experiments(frame: pd.DataFrame, expression: str) -> pd.DataFrame:
+    """Rows matching a pandas-style expression over column names as the table shows them:
+    `train_lora.rank >= 8 and type_fidelity_lora > 0.5`, `state == "failed"`. Names holding
+    dots or slashes need no quoting. Raises FilterError naming the problem."""
+    text = expression.strip()
+    if not text:
+        return frame
+    names = sorted((c for c in frame.columns if isinstance(c, str)), key=len, reverse=True)
+    pattern = "|".join(re.escape(name) for name in names)
+    quoted = re.sub(rf"(?<![\w.`/:])({pattern})(?![\w.`/])", r"`\1`", text)
+    try:
+        result = frame.query(quoted, engine="python")
+    except (SyntaxError, ValueError, TypeError, KeyError, NameError,
+            NotImplementedError, pd.errors.UndefinedVariableError) as error:  # fmt: skip
+        raise FilterError(f"cannot filter by {expression!r}: {error}") from None
+    if not isinstance(result, pd.DataFrame):
+        raise FilterError(f"cannot filter by {expression!r}: it is not a condition")
+    return result
+
+
+def differing_columns(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:
+    """The columns whose values are not the same in every row ("only columns that differ")."""
+    differing = []
+    for column in columns:
+        values = frame[column].map(lambda v: json.dumps(v, default=str, sort_keys=True))
+        if values.nunique(dropna=False) > 1:
+            differing.append(column)
+    return differing

@@ -7,8 +7,17 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from dashboard.data import curve_points, experiments_frame, flatten, image_files
+from dashboard.data import (
+    FilterError,
+    curve_points,
+    differing_columns,
+    experiments_frame,
+    filter_experiments,
+    flatten,
+    image_files,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -68,3 +77,30 @@ def test_image_files_per_revision_and_path():
     assert files[key].startswith("PLOTS/")
     assert {rev for rev, _ in files} == {"rank-8", "lr-high"}
     assert not any("base" in path for _, path in files)
+
+
+def test_filter_by_param_and_metric_expressions():
+    # `dvc exp run -S` leaves its values in the workspace: lr-high ran after rank-8 and
+    # kept rank 8; the workspace holds both changes
+    frame = experiments_frame(load("exp_show.json"))
+    ranked = filter_experiments(frame, "train_lora.rank >= 8")
+    assert ranked["name"].tolist() == ["workspace", "lr-high", "rank-8", "queued-16"]
+    fast = filter_experiments(frame, "train_lora.learning_rate > 0.001")
+    assert fast["name"].tolist() == ["workspace", "lr-high", "queued-16"]
+    both = filter_experiments(frame, 'state == "success" and train_lora.rank == 4')
+    assert both["name"].tolist() == ["main"]
+    assert len(filter_experiments(frame, "   ")) == len(frame)
+    assert len(filter_experiments(frame, "train_classifier/step > 0")) == 4  # not the queued
+
+
+@pytest.mark.parametrize("expression", ["rank >>= 3", "no_such_column > 1", "train_lora.rank"])
+def test_bad_filters_say_why(expression):
+    frame = experiments_frame(load("exp_show.json"))
+    with pytest.raises(FilterError, match="cannot filter by"):
+        filter_experiments(frame, expression)
+
+
+def test_only_columns_that_differ():
+    frame = experiments_frame(load("exp_show.json"))
+    differing = differing_columns(frame, frame.attrs["params"])
+    assert set(differing) == {"train_lora.rank", "train_lora.learning_rate"}
