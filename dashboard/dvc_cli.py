@@ -1,0 +1,54 @@
+"""Run dvc for the dashboard: an argument list (never a shell string), a time-out, and errors a
+person can read in the page instead of a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+class DvcError(RuntimeError):
+    """A dvc command failed or hung; the message says which, why and what to do."""
+
+
+def dvc_executable() -> str:
+    """The dvc beside this Python (the project's venv) first, then the one on PATH."""
+    beside = Path(sys.executable).with_name("dvc")
+    return str(beside) if beside.exists() else shutil.which("dvc") or "dvc"
+
+
+def run_dvc(args: list[str], repo: Path, timeout: float = 60.0) -> str:
+    """stdout of `dvc <args>` run in `repo`; DvcError when it fails or runs past `timeout` s."""
+    command = [dvc_executable(), *args]
+    shown = "dvc " + " ".join(args)
+    if not (Path(repo) / ".dvc").is_dir():
+        raise DvcError(f"{repo} is not a DVC repository (no .dvc folder): run `dvc init` there")
+    try:
+        result = subprocess.run(
+            command, cwd=repo, capture_output=True, text=True, timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise DvcError(f"`{shown}` took longer than {timeout:g} s and was stopped") from None
+    except OSError as error:
+        raise DvcError(f"cannot run `{shown}`: {error}") from None
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        reason = next(
+            (line for line in lines if line.startswith("ERROR")), lines[-1] if lines else ""
+        )
+        raise DvcError(f"`{shown}` failed (exit {result.returncode}): {reason}")
+    return result.stdout
+
+
+def run_dvc_json(args: list[str], repo: Path, timeout: float = 60.0) -> Any:
+    """The parsed JSON that `dvc <args> --json` prints."""
+    output = run_dvc([*args, "--json"], repo, timeout)
+    try:
+        return json.loads(output)
+    except json.JSONDecodeError as error:
+        raise DvcError(f"`dvc {' '.join(args)} --json` printed no JSON ({error})") from None

@@ -1,0 +1,45 @@
+"""The dashboard's dvc runner against real dvc in temporary repositories."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from dashboard.dvc_cli import DvcError, run_dvc_json
+
+
+def init_repo(path):
+    path.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+    subprocess.run([sys_dvc(), "init", "-q"], cwd=path, check=True, capture_output=True, text=True)
+    return path
+
+
+def sys_dvc():
+    from dashboard.dvc_cli import dvc_executable
+
+    return dvc_executable()
+
+
+def test_exp_show_of_a_repository_without_commits(tmp_path):
+    repo = init_repo(tmp_path / "repo")
+    shown = run_dvc_json(["exp", "show"], repo)
+    assert isinstance(shown, list)
+
+
+def test_not_a_dvc_repository_is_a_clear_error(tmp_path):
+    with pytest.raises(DvcError, match="is not a DVC repository"):
+        run_dvc_json(["exp", "show"], tmp_path)
+
+
+def test_a_failing_command_names_dvc_s_reason(tmp_path):
+    repo = init_repo(tmp_path / "repo")
+    with pytest.raises(DvcError, match=r"`dvc exp apply no-such-exp --json` failed \(exit"):
+        run_dvc_json(["exp", "apply", "no-such-exp"], repo)
+
+
+def test_a_hanging_command_is_stopped(tmp_path):
+    repo = init_repo(tmp_path / "repo")
+    with pytest.raises(DvcError, match=r"took longer than 0\.01 s"):
+        run_dvc_json(["exp", "show"], repo, timeout=0.01)
