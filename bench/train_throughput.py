@@ -33,6 +33,7 @@ from stages.images import png_bytes, to_square
 from stages.lora import encode_dataset, read_dataset
 from stages.params import GenerateParams, TrainLoraParams
 from stages.synthetic import creature_rng, draw_creature
+from stages.tensors import to_unit_range
 from stages.tiny_model import assemble, build_components, build_tokenizer
 from stages.train_lora import denoising_loss
 
@@ -57,13 +58,10 @@ def make_dataset(folder: Path, count: int, size: int) -> None:
 def load_and_transform(paths: list[Path], size: int, flip: bool) -> torch.Tensor:
     """What the diffusers example's dataset transform does on every access: open the original
     image, resize it, flip it, turn it into a normalised tensor."""
-    arrays = []
-    for path in paths:
-        image = to_square(Image.open(path), size, "#FFFFFF")
-        if flip:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        arrays.append(np.asarray(image))
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    images = (to_square(Image.open(path), size, "#FFFFFF") for path in paths)
+    if flip:
+        images = (image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in images)
+    return to_unit_range(images)
 
 
 def build_pipe(sd15: bool, seed: int = 0):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -15,6 +14,7 @@ from torch import nn
 
 from stages import paths
 from stages.errors import StageError
+from stages.tensors import to_unit_range
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -49,11 +49,17 @@ class TypeClassifier(nn.Module):
 
 def to_tensor(images: list[Image.Image], size: int) -> torch.Tensor:
     """Images as a float batch in [-1, 1], resized to the classifier's input size."""
-    arrays = [
-        np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
-        for image in images
-    ]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return to_unit_range(
+        image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR) for image in images
+    )
+
+
+def scores(model: TypeClassifier, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The model's probability that each image is of the type."""
+    model.eval()
+    with torch.inference_mode():
+        logits = [model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return torch.sigmoid(torch.cat(logits))
 
 
 def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

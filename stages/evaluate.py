@@ -15,11 +15,10 @@ import logging
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
 from stages import paths
-from stages.classifier import load_classifier, to_tensor
+from stages.classifier import load_classifier, scores, to_tensor
 from stages.cli import run_stage
 from stages.errors import StageError
 from stages.fsutil import atomic_dir, atomic_write_json
@@ -51,8 +50,7 @@ def main() -> None:
     rows, metrics = [], {}
     for variant in VARIANTS:
         images = [Image.open(paths.GENERATED / entry[variant]) for entry in entries]
-        with torch.inference_mode():
-            probability = torch.sigmoid(model(to_tensor(images, config["image_size"]))).numpy()
+        probability = scores(model, to_tensor(images, config["image_size"])).numpy()
         called = probability >= config["threshold"]
         metrics[f"type_fidelity_{variant}"] = float(called.mean())
         metrics[f"diversity_{variant}"] = diversity(images)

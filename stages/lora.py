@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
@@ -22,6 +21,7 @@ from stages import paths
 from stages.diffusion import tokenize
 from stages.errors import StageError
 from stages.fsutil import atomic_write_bytes
+from stages.tensors import to_unit_range
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,10 @@ def fingerprint(*parts: Any) -> str:
 
 
 def pixel_batch(examples: list[Example], flip: bool) -> torch.Tensor:
-    arrays = []
-    for example in examples:
-        image = Image.open(example.path).convert("RGB")
-        if flip:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        arrays.append(np.asarray(image))
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    images = (Image.open(example.path).convert("RGB") for example in examples)
+    if flip:
+        images = (image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in images)
+    return to_unit_range(images)
 
 
 @dataclass

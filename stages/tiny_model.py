@@ -27,6 +27,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from stages.images import to_square
 from stages.pokemon import TYPES
 from stages.synthetic import creature_rng, draw_creature
+from stages.tensors import to_unit_range
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +98,13 @@ class Corpus:
 def make_corpus(count: int, size: int, seed: int) -> Corpus:
     """`count` creatures, the types in turn, drawn from their own seed stream (never the
     dataset's ids), on white like the processed training images."""
-    arrays, types = [], []
+    images, types = [], []
     for i in tqdm(range(count), desc="draw pretraining corpus", unit="img"):
         type_index = i % len(TYPES)
         rng = creature_rng(seed, 1_000_000 + i)
-        image = to_square(draw_creature(TYPES[type_index], rng, size), size, "#FFFFFF")
-        arrays.append(np.asarray(image))
+        images.append(to_square(draw_creature(TYPES[type_index], rng, size), size, "#FFFFFF"))
         types.append(type_index)
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return Corpus(images, torch.tensor(types))
+    return Corpus(to_unit_range(images), torch.tensor(types))
 
 
 def caption_for(type_index: int, rng: np.random.Generator) -> str:

@@ -20,7 +20,14 @@ from torch import nn
 from tqdm import tqdm
 
 from stages import paths
-from stages.classifier import TypeClassifier, augment, save_classifier, stratified_split, to_tensor
+from stages.classifier import (
+    TypeClassifier,
+    augment,
+    save_classifier,
+    scores,
+    stratified_split,
+    to_tensor,
+)
 from stages.cli import run_stage
 from stages.errors import StageError
 from stages.fsutil import atomic_dir
@@ -45,14 +52,6 @@ def read_images() -> tuple[list[dict], torch.Tensor]:
     rows = [json.loads(line) for line in metadata.read_text(encoding="utf-8").splitlines() if line]
     images = [Image.open(paths.IMAGES / row["file_name"]) for row in rows]
     return rows, to_tensor(images, images[0].width)
-
-
-def scores(model: TypeClassifier, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The model's probability that each image is of the type."""
-    model.eval()
-    with torch.inference_mode():
-        logits = [model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    return torch.sigmoid(torch.cat(logits))
 
 
 def held_out_metrics(truth: np.ndarray, probability: np.ndarray, threshold: float) -> dict:
