@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo pipeline test lint format clean-venv
+.PHONY: setup demo pipeline test lint format clean-venv dashboard
 
 setup: $(VENV)/.installed
 
@@ -61,3 +61,18 @@ format:
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The dashboard, served by Voila on this machine only. `make dashboard PORT=9000` picks the port,
+# TOKEN=secret asks for ?token=secret in the address, HOST=0.0.0.0 listens beyond localhost
+# (launching experiments runs code: only on a network you trust, and with a TOKEN).
+HOST ?= 127.0.0.1
+PORT ?= 8866
+TOKEN ?=
+VOILA_ARGS = dashboard/dashboard.ipynb --no-browser --Voila.ip=$(HOST) --port=$(PORT) \
+	--Voila.token='$(TOKEN)' --strip_sources=True --show_tracebacks=False \
+	--preheat_kernel=True --pool_size=1 \
+	--MappingKernelManager.cull_idle_timeout=600 --MappingKernelManager.cull_interval=60
+
+dashboard: setup
+	@echo "Dashboard of $(CURDIR): http://$(HOST):$(PORT)/$(if $(TOKEN),?token=$(TOKEN))  (Ctrl-C stops it)"
+	DASHBOARD_REPO=$(CURDIR) $(BIN)/voila $(VOILA_ARGS)

@@ -197,7 +197,161 @@ def differing_columns(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:
     """The columns whose values are not the same in every row ("only columns that differ")."""
     differing = []
     for column in columns:
-        values = frame[column].map(lambda v: json.dumps(v, default=str, sort_keys=True))
+        values = frame[column].map(_canonical)
         if values.nunique(dropna=False) > 1:
             differing.append(column)
     return differing
+
+
+def _sort_key(values: pd.Series) -> pd.Series:
+    """Numbers by value, anything else by its text; used to sort a column of mixed cells."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.notna().sum() >= values.notna().sum():
+        return numbers
+    return values.map(lambda v: None if _missing(v) else _canonical(v))
+
+
+def sort_frame(frame: pd.DataFrame, column: str | None, descending: bool = False) -> pd.DataFrame:
+    """The whole table sorted by one column (a leaderboard across commits); empty cells last."""
+    if not column or column not in frame:
+        return frame
+    return frame.sort_values(
+        column, ascending=not descending, key=_sort_key, na_position="last", kind="stable"
+    )
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or value is pd.NaT
+
+
+def format_cell(value: Any) -> str:
+    """A cell as the table shows it: 4 significant digits, short hashes, compact lists."""
+    if _missing(value):
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, pd.Timestamp):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return str(value)
+
+
+def _canonical(value: Any) -> str:
+    """One text per value, whatever pandas made of it (numpy scalars, 4.0 for 4, NaN)."""
+    if _missing(value):
+        return "null"
+    if hasattr(value, "item") and not isinstance(value, list | dict):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return _canonical(a) == _canonical(b)
+
+
+def changed_params(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """{row id: {param: value}} for the params in which an experiment differs from its baseline
+    (the workspace is compared with the first baseline, HEAD)."""
+    params = frame.attrs.get("params", [])
+    rows = frame.set_index("id", drop=False)
+    baselines = rows[rows["kind"] == "baseline"]
+    head = baselines.index[0] if len(baselines) else None
+    changed: dict[str, dict[str, Any]] = {}
+    for rev, row in rows.iterrows():
+        parent = row["parent"] if row["kind"] == "experiment" else None
+        if row["kind"] == "workspace":
+            parent = head
+        if parent is None or parent not in rows.index or row["state"] == "queued":
+            changed[rev] = {}
+            continue
+        base = rows.loc[parent]
+        changed[rev] = {p: row[p] for p in params if not _same(row[p], base[p])}
+    return changed
+
+
+LOWER_IS_BETTER = re.compile(r"loss|error|seconds|(^|[/_.])step$|fid$")
+
+
+def best_rows(frame: pd.DataFrame, metrics: Iterable[str]) -> dict[str, list[str]]:
+    """{metric: ids of the rows holding its best value} over the rows given: the highest, or
+    the lowest for losses, errors and times. Metrics that are all equal have no best."""
+    best = {}
+    for metric in metrics:
+        values = pd.to_numeric(frame[metric], errors="coerce") if metric in frame else None
+        if values is None or values.nunique() < 2:
+            continue
+        target = values.min() if LOWER_IS_BETTER.search(metric) else values.max()
+        best[metric] = frame.loc[values == target, "id"].tolist()
+    return best
+
+
+def to_csv(frame: pd.DataFrame, columns: list[str]) -> str:
+    """The rows and columns given as CSV, values as stored (full precision, ISO times)."""
+    table = frame[columns].copy()
+    for column in columns:
+        if table[column].map(lambda v: isinstance(v, list | dict)).any():
+            table[column] = table[column].map(lambda v: v if _missing(v) else format_cell(v))
+    return table.to_csv(index=False)
+
+
+def to_markdown(frame: pd.DataFrame, columns: list[str]) -> str:
+    """The rows and columns given as a GitHub Markdown table, cells as the dashboard shows them."""
+
+    def cell(value: Any) -> str:
+        return format_cell(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(c) for c in columns) + " |"]
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    for values in frame[columns].itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v) for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def line_plots(plots_diff: Mapping[str, Any]) -> list[str]:
+    """Paths of the plots that are curves over steps (dvclive's metrics), in DVC's order."""
+    found = []
+    for path, entries in (plots_diff.get("data") or {}).items():
+        for entry in entries:
+            values = ((entry.get("content") or {}).get("data") or {}).get("values") or []
+            if entry.get("type") == "vega" and values and "step" in values[0]:
+                found.append(path)
+                break
+    return found
+
+
+def confusion_matrices(plots_diff: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+    """{rev: counts, actual classes down and predicted across} of the confusion plots."""
+    matrices = {}
+    for entries in (plots_diff.get("data") or {}).values():
+        for entry in entries:
+            values = ((entry.get("content") or {}).get("data") or {}).get("values") or []
+            if entry.get("type") != "vega" or not values or "actual" not in values[0]:
+                continue
+            points = pd.DataFrame(values)
+            for rev, group in points.groupby("rev", sort=False):
+                matrices[rev] = pd.crosstab(group["actual"], group["predicted"])
+    return matrices
+
+
+GENERATED = re.compile(
+    r"(?:^|/)generated/(?P<kind>base|lora)/(?P<prompt>[^/]+)/seed-(?P<seed>\d+)"
+)
+
+
+def generated_images(images: Mapping[tuple[str, str], str]) -> pd.DataFrame:
+    """The generated Pokémon among `image_files()`: rev, kind (base or lora), prompt (as the
+    folder names it, dashes for spaces), seed, file."""
+    rows = []
+    for (rev, path), file in images.items():
+        match = GENERATED.search(path)
+        if match:
+            prompt = match["prompt"].replace("-", " ")
+            rows.append({"rev": rev, "kind": match["kind"], "prompt": prompt,
+                         "seed": int(match["seed"]), "file": file})  # fmt: skip
+    columns = ["rev", "kind", "prompt", "seed", "file"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["prompt", "seed", "rev", "kind"])

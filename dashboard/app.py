@@ -1,0 +1,555 @@
+"""The experiment dashboard: a table of every experiment, the curves, plots and generated
+Pokémon of the ones picked, refreshed on its own when experiments change. Served by Voila
+(dashboard/dashboard.ipynb, `make dashboard`) and shown as is in a JupyterLab cell:
+
+    from dashboard import Dashboard
+    Dashboard(".")
+
+State lives here; the widgets draw it. Every callback is a small method that changes state and
+redraws; every error becomes a message in the page."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import html
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as w
+import pandas as pd
+
+from dashboard import plots
+from dashboard.data import (
+    FIXED_COLUMNS,
+    FilterError,
+    best_rows,
+    changed_params,
+    differing_columns,
+    filter_experiments,
+    format_cell,
+    sort_frame,
+    to_csv,
+    to_markdown,
+)
+from dashboard.dvc_cli import DvcError
+from dashboard.store import WORKSPACE, ExperimentStore, Plots
+from dashboard.widgets import ExperimentTable, Gallery, image_uri
+
+log = logging.getLogger("dashboard")
+SHOWN_FIXED = ["name", "state", "created"]
+KEY_METRICS = ["type_fidelity_lora", "lift", "f1"]
+PREFERRED_CURVE = "train_lora/plots/metrics/loss"
+PREFERRED_X = ["train_lora.rank", "train_lora.learning_rate"]
+NOT_PICKABLE = {"queued", "running"}
+PREFETCH = 10  # newest experiments whose plots are read ahead
+
+
+def find_repository(start: str | Path | None = None) -> Path:
+    """$DASHBOARD_REPO, else the first folder holding .dvc from `start` (or here) upwards."""
+    if os.environ.get("DASHBOARD_REPO"):
+        return Path(os.environ["DASHBOARD_REPO"]).expanduser().resolve()
+    here = Path(start or Path.cwd()).resolve()
+    return next((p for p in [here, *here.parents] if (p / ".dvc").is_dir()), here)
+
+
+def shown_errors(method):
+    """Run a callback; any error becomes the banner's message instead of a traceback."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            with self._busy:
+                return method(self, *args, **kwargs)
+        except (DvcError, FilterError) as error:
+            self.show_error(str(error))
+        except Exception as error:
+            log.exception("dashboard callback %s failed", method.__name__)
+            self.show_error(f"Unexpected {type(error).__name__}: {error}")
+        return None
+
+    return wrapper
+
+
+def short_name(param: str, params: list[str]) -> str:
+    """train_lora.rank -> rank, unless another param ends in the same key."""
+    key = param.rsplit(".", 1)[-1]
+    return key if sum(p.rsplit(".", 1)[-1] == key for p in params) == 1 else param
+
+
+class Dashboard:
+    """The app over the DVC repository at `repo` (default: found from here upwards)."""
+
+    def __init__(self, repo: str | Path | None = None, watch: bool = True,
+                 poll_seconds: float = 1.0, timeout: float = 60.0):  # fmt: skip
+        self.store = ExperimentStore(find_repository(repo), timeout=timeout)
+        self.frame = pd.DataFrame(columns=FIXED_COLUMNS)
+        self.changed: dict[str, dict[str, Any]] = {}
+        self.picked: list[str] = []
+        self.plots = Plots()
+        self.signature = ""
+        self.read_seconds = 0.0
+        self._busy = threading.RLock()
+        self._quiet = 0
+        self._stop = threading.Event()
+        self._compare = not watch  # when watching, the watcher draws the comparison first
+        self._hold_plots = watch  # in a page, plots wait until the table is drawn
+        self._build()
+        self.refresh()
+        if watch:
+            self.watch(poll_seconds)
+
+    # ----- widgets -------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.title = w.HTML(
+            f"<h2 style='margin:4px 0'>Pokémon LoRA experiments</h2>"
+            f"<code>{html.escape(str(self.store.path))}</code>"
+        )
+        self.status = w.HTML(layout=w.Layout(margin="0 0 0 auto"))
+        self.refresh_button = w.Button(description="Refresh", icon="refresh",
+                                       tooltip="read the experiments again")  # fmt: skip
+        self.refresh_button.on_click(lambda _: self.refresh(force=True))
+        self.banner = w.HTML(layout=w.Layout(display="none"))
+        self.filter = w.Text(
+            placeholder="filter, e.g.  train_lora.rank >= 8 and type_fidelity_lora > 0.5",
+            description="Filter", continuous_update=False, layout=w.Layout(width="46%"),
+        )  # fmt: skip
+        self._on(self.filter, self.apply_view)
+        self.filter_message = w.HTML()
+        self.all_commits = w.Checkbox(description="all branches and commits", indent=False,
+                                      layout=w.Layout(width="auto"))  # fmt: skip
+        self._on(self.all_commits, lambda: self.refresh(force=True))
+        self.only_differing = w.Checkbox(value=True, description="only columns that differ",
+                                         indent=False, layout=w.Layout(width="auto"))  # fmt: skip
+        self._on(self.only_differing, self.apply_view)
+        self.column_picker = w.SelectMultiple(rows=14, layout=w.Layout(width="100%"))
+        self._on(self.column_picker, self.apply_view)
+        self.columns_box = w.Accordion(children=[self.column_picker], selected_index=None)
+        self.columns_box.set_title(0, "Columns (ctrl/shift-click to choose several)")
+        self.csv_button = w.Button(description="CSV", icon="download",
+                                   tooltip="export the table as shown to CSV")  # fmt: skip
+        self.csv_button.on_click(lambda _: self.export("csv"))
+        self.md_button = w.Button(description="Markdown", icon="download",
+                                  tooltip="export the table as shown to Markdown")  # fmt: skip
+        self.md_button.on_click(lambda _: self.export("markdown"))
+        for button in (self.refresh_button, self.csv_button, self.md_button):
+            button.layout.width = "auto"
+        self.table = ExperimentTable()
+        self.table.on_msg(self._on_table_message)
+        self._on(self.table, self.apply_view, "sort")
+        self._on(self.table, lambda: self.pick(list(self.table.picked)), "picked")
+        self.count = w.HTML()
+
+        self.curve_choice = w.Dropdown(description="Curve", layout=w.Layout(width="420px"))
+        self._on(self.curve_choice, self.draw_curves)
+        self.smoothing = w.FloatSlider(
+            value=0.6, min=0, max=0.99, step=0.01, description="Smoothing",
+            continuous_update=False,
+        )  # fmt: skip
+        self._on(self.smoothing, self.draw_curves)
+        self.curves = plots.PlotBox(held=self._hold_plots)
+        self.x_choice = w.Dropdown(description="Param", layout=w.Layout(width="320px"))
+        self.y_choice = w.Dropdown(description="Metric", layout=w.Layout(width="320px"))
+        for choice in (self.x_choice, self.y_choice):
+            self._on(choice, self.draw_overview)
+        self.scatter = plots.PlotBox(held=self._hold_plots)
+        self.parallel = plots.PlotBox(held=self._hold_plots)
+        self.confusion = plots.PlotBox(held=self._hold_plots)
+        self.gallery_mode = w.ToggleButtons(options=[("Base and LoRA", "both"), ("LoRA", "lora"),
+                                                     ("Base", "base")], value="both")  # fmt: skip
+        self._on(self.gallery_mode, self.draw_gallery)
+        self.gallery = Gallery()
+
+        def section(title: str, *children) -> w.VBox:
+            heading = w.HTML(f"<h3 style='margin:14px 0 4px'>{title}</h3>")
+            return w.VBox([heading, *children])
+
+        toolbar = w.HBox([self.filter, self.all_commits, self.only_differing, self.csv_button,
+                          self.md_button], layout=w.Layout(align_items="center",
+                                                           gap="12px"))  # fmt: skip
+        self.widget = w.VBox([
+            w.HBox([self.title, self.status, self.refresh_button],
+                   layout=w.Layout(align_items="center", gap="12px")),
+            self.banner,
+            section("Experiments", toolbar, self.filter_message, self.columns_box, self.count,
+                    self.table),
+            section("Training curves of the picked experiments",
+                    w.HBox([self.curve_choice, self.smoothing]), self.curves),
+            section("Generated Pokémon of the picked experiments", self.gallery_mode,
+                    self.gallery),
+            section("All experiments: metric against param", w.HBox([self.x_choice,
+                    self.y_choice]), self.scatter, self.parallel),
+            section("Classifier", self.confusion),
+        ], layout=w.Layout(padding="0 8px"))  # fmt: skip
+        self.widget.add_class("pokemon-dashboard")
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    # ----- messages ------------------------------------------------------------------------
+    def show_error(self, message: str) -> None:
+        self.banner.value = (
+            "<div class='dashboard-error' style='background:#ffebe9;border:1px solid #ff8182;"
+            "padding:8px 12px;border-radius:6px;color:#82071e'>"
+            f"<b>Problem:</b> {html.escape(message)}</div>"
+        )
+        self.banner.layout.display = None
+
+    def clear_error(self) -> None:
+        self.banner.value, self.banner.layout.display = "", "none"
+
+    # ----- data ----------------------------------------------------------------------------
+    @shown_errors
+    def refresh(self, force: bool = False) -> bool:
+        """Read the experiments again when something changed (or `force`); True if read."""
+        self.store.check()
+        signature = self.store.signature()
+        if signature == self.signature and not force:
+            return False
+        start = time.perf_counter()
+        frame = self.store.experiments(all_commits=self.all_commits.value)
+        self.read_seconds = time.perf_counter() - start
+        self.signature = signature
+        self.set_frame(frame)
+        self.clear_error()
+        return True
+
+    def set_frame(self, frame: pd.DataFrame) -> None:
+        first = self.frame.empty
+        self.frame = frame.reset_index(drop=True)
+        self.changed = changed_params(self.frame)
+        pickable = set(self.frame.loc[~self.frame["state"].isin(NOT_PICKABLE), "id"])
+        self.picked = [rev for rev in self.picked if rev in pickable]
+        if first and not self.picked:
+            self.picked = self.default_picks()
+        self._update_choices()
+        self.apply_view()
+        self.draw_overview()
+        if self._compare:
+            self.draw_comparison(reread_workspace=True)
+
+    def default_picks(self) -> list[str]:
+        """The newest finished experiment and its baseline; the workspace when there is none."""
+        done = self.frame[
+            (self.frame["kind"] == "experiment") & (self.frame["state"] == "success")
+        ]
+        if done.empty:
+            return [WORKSPACE] if WORKSPACE in set(self.frame["id"]) else []
+        newest = done.sort_values("created", na_position="first").iloc[-1]
+        return [rev for rev in (newest["parent"], newest["id"]) if isinstance(rev, str)]
+
+    def _update_choices(self) -> None:
+        attrs = self.frame.attrs
+        options = [*SHOWN_FIXED, *attrs.get("params", []), *attrs.get("metrics", []),
+                   *attrs.get("deps", [])]  # fmt: skip
+        chosen = set(self.column_picker.value) or {
+            *SHOWN_FIXED, *attrs.get("params", []), *attrs.get("metrics", [])
+        }  # fmt: skip
+        with self.quiet():
+            self.column_picker.options = options
+            self.column_picker.value = tuple(o for o in options if o in chosen)
+        params = attrs.get("params", [])
+        numeric = [
+            p for p in params if pd.to_numeric(self.frame[p], errors="coerce").notna().any()
+        ]
+        differing = differing_columns(self.frame, numeric) or numeric
+        x = next((p for p in PREFERRED_X if p in differing), differing[0] if differing else None)
+        self._set_options(self.x_choice, differing, x)
+        metrics = attrs.get("metrics", [])
+        y = next((m for m in KEY_METRICS if m in metrics), metrics[0] if metrics else None)
+        self._set_options(self.y_choice, metrics, y)
+
+    def _set_options(
+        self, dropdown: w.Dropdown, options: list[str], preferred: str | None
+    ) -> None:
+        current = dropdown.value
+        with self.quiet():
+            dropdown.options = options
+            dropdown.value = current if current in options else preferred
+
+    @contextlib.contextmanager
+    def quiet(self):
+        """Change widgets without their observers redrawing (the caller redraws once)."""
+        self._quiet += 1
+        try:
+            yield
+        finally:
+            self._quiet -= 1
+
+    def _on(self, widget: w.Widget, action, name: str = "value") -> None:
+        """Call `action()` when the widget's `name` changes, unless inside quiet()."""
+
+        @shown_errors
+        def observer(self, _change) -> None:
+            if not self._quiet:
+                action()
+
+        widget.observe(functools.partial(observer, self), name)
+
+    # ----- the table -----------------------------------------------------------------------
+    def visible_rows(self) -> pd.DataFrame:
+        """The rows shown: filtered, then sorted (across the whole table)."""
+        frame = filter_experiments(self.frame, self.filter.value)
+        sort = self.table.sort or {}
+        return sort_frame(frame, sort.get("column"), bool(sort.get("descending")))
+
+    def visible_columns(self, rows: pd.DataFrame | None = None) -> list[str]:
+        chosen = [c for c in self.column_picker.value if c in self.frame]
+        if self.only_differing.value and len(self.frame) > 1:
+            rows = self.frame if rows is None else rows
+            varying = set(differing_columns(rows, [c for c in chosen if c not in SHOWN_FIXED]))
+            chosen = [c for c in chosen if c in SHOWN_FIXED or c in varying]
+        return chosen
+
+    def apply_view(self) -> None:
+        """Draw the table as the filter, sort and column choices say."""
+        try:
+            rows = self.visible_rows()
+            self.filter_message.value = ""
+        except FilterError as error:
+            self.filter_message.value = (
+                f"<span class='filter-error' style='color:#cf222e'>{html.escape(str(error))}. "
+                "Use column names as shown, e.g. <code>train_lora.rank &gt;= 8</code>, "
+                '<code>state == "failed"</code>.</span>'
+            )
+            rows = self.frame
+        columns = self.visible_columns()
+        self._draw_table(rows, columns)
+
+    def _draw_table(self, rows: pd.DataFrame, columns: list[str]) -> None:
+        frame = self.frame
+        metrics = set(frame.attrs.get("metrics", []))
+        groups = {c: "param" for c in frame.attrs.get("params", [])}
+        groups.update({c: "metric" for c in metrics})
+        groups.update({c: "dep" for c in frame.attrs.get("deps", [])})
+        header = [
+            {"name": c, "label": c.removeprefix("dep:"), "group": groups.get(c, "fixed"),
+             "numeric": bool(c in metrics or pd.api.types.is_numeric_dtype(frame[c]))}
+            for c in columns
+        ]  # fmt: skip
+        position = {c: i for i, c in enumerate(columns)}
+        marks = {}
+        for index, rev in enumerate(frame["id"]):
+            for param in self.changed.get(rev, {}):
+                if param in position:
+                    marks[f"{index},{position[param]}"] = "changed"
+        ids = {rev: i for i, rev in enumerate(frame["id"])}
+        for metric, revs in best_rows(rows, [c for c in columns if c in metrics]).items():
+            for rev in revs:
+                marks[f"{ids[rev]},{position[metric]}"] = "best"
+        cells = [[format_cell(v) for v in values] for values in
+                 frame[columns].itertuples(index=False)]  # fmt: skip
+        info = [
+            {"id": r.id, "name": r.name, "kind": r.kind, "state": r.state,
+             "error": r.error or "", "pickable": r.state not in NOT_PICKABLE}
+            for r in frame[["id", "name", "kind", "state", "error"]].itertuples(index=False)
+        ]  # fmt: skip
+        order = [ids[rev] for rev in rows["id"]]
+        with self.table.hold_sync(), self.quiet():
+            self.table.header, self.table.cells, self.table.row_info = header, cells, info
+            self.table.order, self.table.marks = order, marks
+            self.table.picked, self.table.colors = list(self.picked), self.colors()
+            self.table.empty_text = (
+                "No experiment matches the filter." if len(frame) else self.empty_text()
+            )
+        self._draw_count(rows)
+
+    def empty_text(self) -> str:
+        return ("No experiments yet: run the pipeline (`make demo`), then try "
+                "`dvc exp run -S train_lora.rank=8`.")  # fmt: skip
+
+    def _draw_count(self, rows: pd.DataFrame) -> None:
+        experiments = self.frame[self.frame["kind"] == "experiment"]
+        states = experiments["state"].value_counts().to_dict()
+        detail = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        shown = f"{len(rows)} of {len(self.frame)} rows shown"
+        text = (f"<span class='experiment-count' data-experiments='{len(experiments)}' "
+                f"data-shown='{len(rows)}'><b>{len(experiments)} experiments</b>"
+                f"{f' ({detail})' if detail else ''} · {shown}</span>")  # fmt: skip
+        if experiments.empty:
+            text += (" · <i>No experiments yet: make one with <code>dvc exp run -S "
+                     "train_lora.rank=8</code> (see the README).</i>")  # fmt: skip
+        failed = experiments[experiments["state"] == "failed"]
+        for row in failed.itertuples():
+            text += (
+                f"<div class='failed-experiment' style='color:#cf222e'>✖ {html.escape(row.name)}"
+                f" failed: {html.escape(row.error or 'no error message from DVC')}</div>"
+            )
+        self.count.value = text
+        self.status.value = (f"<span style='color:#57606a'>read in {self.read_seconds:.2f} s at "
+                             f"{time.strftime('%H:%M:%S')}</span>")  # fmt: skip
+
+    def pick(self, revs: list[str]) -> None:
+        """Compare these rows (ids or names), in this order."""
+        by_name = dict(zip(self.frame["name"], self.frame["id"], strict=False))
+        self.picked = [by_name.get(rev, rev) for rev in revs]
+        with self.quiet():
+            self.table.picked, self.table.colors = list(self.picked), self.colors()
+        self.draw_comparison()
+        self.draw_overview()
+
+    def _on_table_message(self, _widget, content, _buffers) -> None:
+        if isinstance(content, dict) and content.get("drawn"):
+            self.release_plots()
+
+    def release_plots(self) -> None:
+        """Draw the plots held back until the browser had drawn the table."""
+        for box in (self.curves, self.scatter, self.parallel, self.confusion):
+            box.release()
+
+    def colors(self) -> dict[str, str]:
+        return {rev: plots.PALETTE[i % len(plots.PALETTE)] for i, rev in enumerate(self.picked)}
+
+    @shown_errors
+    def export(self, kind: str) -> None:
+        rows, columns = self.visible_rows(), ["id", *self.visible_columns()]
+        if kind == "csv":
+            self.table.download("experiments.csv", to_csv(rows, columns), "text/csv")
+        else:
+            self.table.download("experiments.md", to_markdown(rows, columns), "text/markdown")
+
+    # ----- comparison of the picked --------------------------------------------------------
+    def labels(self) -> dict[str, str]:
+        names = dict(zip(self.frame["id"], self.frame["name"], strict=False))
+        return {rev: names.get(rev, rev[:7]) for rev in self.picked}
+
+    def draw_comparison(self, reread_workspace: bool = False) -> None:
+        picked = [rev for rev in self.picked if rev in set(self.frame["id"])]
+        if WORKSPACE in picked and reread_workspace:
+            self.plots = self.store.plots(picked)
+        else:
+            self.plots = self.store.plots(picked) if picked else Plots()
+        curves = sorted(self.plots.curves)
+        preferred = next(
+            (c for c in curves if PREFERRED_CURVE in c), curves[0] if curves else None
+        )
+        self._set_options(self.curve_choice, curves, preferred)
+        self.draw_curves()
+        self.draw_gallery()
+        self.confusion.show(plots.confusion_figure(self.plots.confusion, self.labels()))
+
+    def draw_curves(self) -> None:
+        path = self.curve_choice.value
+        if not path:
+            message = "Pick experiments in the table to see their curves."
+            if self.picked:
+                message = (
+                    "The picked experiments have no curves ("
+                    + "; ".join(
+                        f"{self.labels().get(r, r)}: {m}" for r, m in self.plots.missing.items()
+                    )
+                    + ")."
+                )
+            self.curves.show(plots.empty_figure(message))
+            return
+        title = path.removeprefix("outputs/").replace("/plots/metrics/", ": ")
+        figure = plots.curves_figure(self.plots.curves[path], self.labels(), self.colors(),
+                                     title, self.smoothing.value)  # fmt: skip
+        self.curves.show(figure)
+
+    def draw_overview(self) -> None:
+        try:
+            rows = filter_experiments(self.frame, self.filter.value)
+        except FilterError:
+            rows = self.frame
+        rows = rows[rows["kind"] != "workspace"] if len(rows) > 1 else rows
+        x, y = self.x_choice.value, self.y_choice.value
+        if x is None or y is None:
+            message = "Run experiments that change a param to compare them here."
+            self.scatter.show(plots.empty_figure(message))
+            self.parallel.show(plots.empty_figure(message))
+            return
+        self.scatter.show(plots.scatter_figure(rows, x, y, self.colors()))
+        params = [p for p in self.x_choice.options if p != y][:8]
+        self.parallel.show(plots.parallel_figure(rows, params, y))
+
+    def key_metric(self) -> str | None:
+        metrics = self.frame.attrs.get("metrics", [])
+        return next((m for m in KEY_METRICS if m in metrics), metrics[0] if metrics else None)
+
+    def column_detail(self, rev: str) -> str:
+        """What an experiment changed from its baseline and its key metric, for labels."""
+        params = self.frame.attrs.get("params", [])
+        changed = self.changed.get(rev, {})
+        parts = [f"{short_name(p, params)}={format_cell(v)}" for p, v in changed.items()]
+        row = self.frame[self.frame["id"] == rev]
+        metric = self.key_metric()
+        if (
+            metric
+            and not row.empty
+            and pd.notna(pd.to_numeric(row.iloc[0][metric], errors="coerce"))
+        ):
+            parts.append(f"{metric} {format_cell(row.iloc[0][metric])}")
+        return " · ".join(parts) if parts else "baseline params"
+
+    def draw_gallery(self) -> None:
+        images, mode = self.plots.images, self.gallery_mode.value
+        kinds = ["base", "lora"] if mode == "both" else [mode]
+        labels, colors = self.labels(), self.colors()
+        kind_names = {"lora": "LoRA", "base": "base"}
+        columns = [
+            {"key": f"{rev}:{kind}", "label": f"{labels[rev]} · {kind_names[kind]}",
+             "detail": self.column_detail(rev), "color": colors.get(rev), "rev": rev, "kind": kind}
+            for rev in self.picked for kind in kinds
+        ]  # fmt: skip
+        keys = images[["prompt", "seed"]].drop_duplicates().itertuples(index=False)
+        files, rows = {}, []
+        lookup = {(r.rev, r.kind, r.prompt, r.seed): r.file for r in images.itertuples()}
+        for prompt, seed in keys:
+            cells = []
+            for column in columns:
+                file = lookup.get((column["rev"], column["kind"], prompt, seed))
+                if file is None:
+                    absent = f"this experiment has no image for '{prompt}', seed {seed}"
+                    reason = self.plots.missing.get(column["rev"], absent)
+                    cells.append({"missing": reason})
+                    continue
+                key = f"{column['key']}:{prompt}:{seed}"
+                files[key] = Path(file)
+                title = f"{column['label']} — {prompt}, seed {seed}"
+                cells.append({"key": key, "src": image_uri(file, 256), "title": title})
+            rows.append({"label": f"{prompt} · seed {seed}", "cells": cells})
+        self.gallery.files = files
+        with self.gallery.hold_sync():
+            self.gallery.columns = columns if rows else []
+            self.gallery.rows = rows
+            self.gallery.empty_text = (
+                "Pick experiments in the table to see their Pokémon." if not self.picked else
+                "No generated images for the picked experiments: "
+                + "; ".join(f"{labels.get(r, r)}: {m}" for r, m in self.plots.missing.items())
+            )  # fmt: skip
+
+    # ----- live refresh --------------------------------------------------------------------
+    def watch(self, seconds: float = 1.0) -> None:
+        """Look for changes every `seconds` (15 ms of git at 1,000 experiments) and refresh."""
+
+        def loop() -> None:
+            self.start_comparing()
+            while not self._stop.wait(seconds):
+                try:
+                    if self.store.signature() != self.signature:
+                        self.refresh()
+                except Exception:
+                    log.exception("watching the repository failed")
+
+        threading.Thread(target=loop, name="dashboard-watch", daemon=True).start()
+
+    @shown_errors
+    def start_comparing(self) -> None:
+        """Draw the picked experiments' plots, then read ahead the newest experiments' plots
+        in one dvc call, so that picking them later shows at once."""
+        self._compare = True
+        self.draw_comparison(reread_workspace=True)
+        done = self.frame[self.frame["kind"].isin(["experiment", "baseline"])
+                          & (self.frame["state"] == "success")]  # fmt: skip
+        newest = done.sort_values("created", ascending=False)["id"].head(PREFETCH).tolist()
+        self.store.plots(newest)
+
+    def close(self) -> None:
+        self._stop.set()
