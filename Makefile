@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo pipeline test lint format clean-venv dashboard
+.PHONY: setup demo pipeline test lint format clean-venv dashboard chromium
 
 setup: $(VENV)/.installed
 
@@ -45,10 +45,19 @@ demo: setup
 	@echo "  outputs/base_model/samples.png                   what the base model draws per type"
 	@echo "  outputs/report/report.html                       the run's report"
 	@echo "Metrics and plots: dvc metrics show, dvc plots show. Experiments: see the README."
+	@echo ""
+	$(BIN)/python -m dashboard.serve --repo . --host $(HOST) --port $(PORT) --token '$(TOKEN)'
 
 pipeline: demo
 
-test: setup
+# The dashboard's browser tests drive Debian's Chromium (never a downloaded browser).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the dashboard's browser tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: setup chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint:
@@ -64,15 +73,10 @@ clean-venv:
 
 # The dashboard, served by Voila on this machine only. `make dashboard PORT=9000` picks the port,
 # TOKEN=secret asks for ?token=secret in the address, HOST=0.0.0.0 listens beyond localhost
-# (launching experiments runs code: only on a network you trust, and with a TOKEN).
+# (it then needs a TOKEN: the dashboard can run code).
 HOST ?= 127.0.0.1
 PORT ?= 8866
 TOKEN ?=
-VOILA_ARGS = dashboard/dashboard.ipynb --no-browser --Voila.ip=$(HOST) --port=$(PORT) \
-	--Voila.token='$(TOKEN)' --strip_sources=True --show_tracebacks=False \
-	--preheat_kernel=True --pool_size=1 \
-	--MappingKernelManager.cull_idle_timeout=600 --MappingKernelManager.cull_interval=60
 
 dashboard: setup
-	@echo "Dashboard of $(CURDIR): http://$(HOST):$(PORT)/$(if $(TOKEN),?token=$(TOKEN))  (Ctrl-C stops it)"
-	DASHBOARD_REPO=$(CURDIR) $(BIN)/voila $(VOILA_ARGS)
+	$(BIN)/python -m dashboard.serve --repo . --host $(HOST) --port $(PORT) --token '$(TOKEN)'

@@ -168,12 +168,14 @@ class Dashboard:
             heading = w.HTML(f"<h3 style='margin:14px 0 4px'>{title}</h3>")
             return w.VBox([heading, *children])
 
-        toolbar = w.HBox([self.filter, self.all_commits, self.only_differing, self.csv_button,
-                          self.md_button], layout=w.Layout(align_items="center",
-                                                           gap="12px"))  # fmt: skip
+        toolbar = w.HBox(
+            [self.filter, self.all_commits, self.only_differing, self.csv_button, self.md_button],
+            layout=w.Layout(align_items="center"),
+        )
+        toolbar.add_class("dashboard-toolbar")
         self.widget = w.VBox([
             w.HBox([self.title, self.status, self.refresh_button],
-                   layout=w.Layout(align_items="center", gap="12px")),
+                   layout=w.Layout(align_items="center")),
             self.banner,
             section("Experiments", toolbar, self.filter_message, self.columns_box, self.count,
                     self.table),

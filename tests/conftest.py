@@ -209,3 +209,16 @@ def pipeline_run(tmp_path_factory) -> Workdir:
     for stage in STAGES:
         work.run(stage)
     return work
+
+
+@pytest.fixture(scope="session")
+def dashboard_repo(tmp_path_factory) -> Path:
+    """A real DVC repository of the quick stand-in pipeline with a baseline and three
+    experiments (rank-8, rank-16, lr-high; each keeps the workspace's earlier -S values)."""
+    from tests.quick_repo import exp_run, make_quick_repo
+
+    path = make_quick_repo(tmp_path_factory.mktemp("dash") / "repo")
+    exp_run(path, "rank-8", "train_lora.rank=8")
+    exp_run(path, "rank-16", "train_lora.rank=16")
+    exp_run(path, "lr-high", "train_lora.learning_rate=0.002")
+    return path

@@ -1,0 +1,244 @@
+"""The dashboard app in-process, on real DVC repositories of the quick stand-in pipeline:
+build it, pick, sort, filter, export, and read its state (no browser here: see
+test_dashboard_browser.py)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dashboard.app import Dashboard
+from dashboard.data import experiments_frame
+from tests.quick_repo import exp_run, make_quick_repo, run
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def repo(dashboard_repo: Path) -> Path:
+    return dashboard_repo
+
+
+@pytest.fixture
+def app(repo: Path) -> Dashboard:
+    dashboard = Dashboard(repo, watch=False)
+    assert dashboard.banner.layout.display == "none", dashboard.banner.value
+    return dashboard
+
+
+def shown(app: Dashboard) -> list[str]:
+    """Names of the rows in the table, in the order shown."""
+    return [app.table.row_info[i]["name"] for i in app.table.order]
+
+
+def column(app: Dashboard, name: str) -> list[str]:
+    position = [h["name"] for h in app.table.header].index(name)
+    return [app.table.cells[i][position] for i in app.table.order]
+
+
+def test_one_row_per_row_of_dvc_exp_show(app: Dashboard, repo: Path):
+    exp_show = json.loads(run(repo, "dvc", "exp", "show", "--json"))
+    experiments = sum(len(c.get("experiments") or []) for c in exp_show)
+    assert experiments == 3
+    assert len(app.table.order) == len(exp_show) + experiments == 5
+    assert set(shown(app)) == {"workspace", "main", "rank-8", "rank-16", "lr-high"}
+    assert "3 experiments" in app.count.value
+
+
+def test_default_picks_compare_the_newest_experiment_with_its_baseline(app: Dashboard):
+    assert [app.labels()[rev] for rev in app.picked] == ["main", "lr-high"]
+    assert app.table.picked == app.picked
+    assert set(app.table.colors) == set(app.picked)
+
+
+def test_sort_on_any_column_across_the_whole_table(app: Dashboard):
+    app.table.sort = {"column": "train_lora.rank", "descending": True}
+    ranks = [int(v) for v in column(app, "train_lora.rank")]
+    assert ranks == sorted(ranks, reverse=True) and ranks[0] == 16
+    app.table.sort = {"column": "name", "descending": False}
+    assert shown(app) == sorted(shown(app))
+
+
+def test_filter_narrows_rows_and_a_bad_filter_says_why(app: Dashboard):
+    app.filter.value = "train_lora.rank >= 8 and type_fidelity_lora > 0.58"
+    assert set(shown(app)) == {"rank-16", "lr-high", "workspace"}
+    assert "3 of 5 rows shown" in app.count.value
+    app.filter.value = "train_lora.rank >="
+    assert "cannot filter by" in app.filter_message.value
+    assert len(app.table.order) == 5  # the table stays usable
+    app.filter.value = 'state == "success"'
+    assert app.filter_message.value == ""
+    assert set(shown(app)) == {"main", "rank-8", "rank-16", "lr-high"}
+
+
+def test_columns_only_differing_and_chosen(app: Dashboard):
+    names = [h["name"] for h in app.table.header]
+    assert {"train_lora.rank", "train_lora.learning_rate", "type_fidelity_lora"} <= set(names)
+    assert "generate.seeds" not in names  # the same everywhere
+    app.only_differing.value = False
+    names = [h["name"] for h in app.table.header]
+    assert "generate.seeds" in names and "model.tiny.unet_steps" in names
+    app.column_picker.value = ("name", "state", "train_lora.rank", "lift")
+    assert [h["name"] for h in app.table.header] == ["name", "state", "train_lora.rank", "lift"]
+    assert [h["group"] for h in app.table.header] == ["fixed", "fixed", "param", "metric"]
+
+
+def test_highlights_changed_params_and_best_metrics(app: Dashboard):
+    names = [h["name"] for h in app.table.header]
+    rank = names.index("train_lora.rank")
+    fidelity = names.index("type_fidelity_lora")
+    index = {info["name"]: i for i, info in enumerate(app.table.row_info)}
+    assert app.table.marks.get(f"{index['rank-8']},{rank}") == "changed"
+    assert f"{index['main']},{rank}" not in app.table.marks  # the baseline itself
+    values = pd.to_numeric(pd.Series(column(app, "type_fidelity_lora")))
+    best = [i for i in app.table.order if app.table.marks.get(f"{i},{fidelity}") == "best"]
+    assert best and all(
+        float(app.table.cells[i][fidelity]) == pytest.approx(values.max(), abs=1e-3) for i in best
+    )
+
+
+def test_picking_two_compares_curves_images_and_confusion(app: Dashboard):
+    start = time.perf_counter()
+    app.pick(["rank-8", "rank-16"])
+    print(f"pick two: {time.perf_counter() - start:.2f} s")
+    figure = app.curves.figure
+    assert {t.name for t in figure.data if t.showlegend is not False} == {"rank-8", "rank-16"}
+    assert "train_lora" in figure.layout.title.text
+    assert len([t for t in app.confusion.figure.data if t.type == "heatmap"]) == 2
+    labels = [c["label"] for c in app.gallery.columns]
+    assert labels == ["rank-8 · base", "rank-8 · LoRA", "rank-16 · base", "rank-16 · LoRA"]
+    assert "rank=8" in app.gallery.columns[0]["detail"]
+    assert "type_fidelity_lora" in app.gallery.columns[0]["detail"]
+    assert len(app.gallery.rows) == 12  # 2 prompts x 6 seeds
+    assert all(
+        cell["src"].startswith("data:image/png;base64,") for cell in app.gallery.rows[0]["cells"]
+    )
+    left, right = app.gallery.rows[0]["cells"][1]["src"], app.gallery.rows[0]["cells"][3]["src"]
+    assert left != right  # rank changes the LoRA's Pokémon
+    app.gallery_mode.value = "lora"
+    assert [c["label"] for c in app.gallery.columns] == ["rank-8 · LoRA", "rank-16 · LoRA"]
+
+
+def test_enlarging_an_image_sends_the_full_size_file(app: Dashboard, monkeypatch):
+    app.pick(["rank-8"])
+    sent = []
+    monkeypatch.setattr(app.gallery, "send", lambda content, buffers=None: sent.append(content))
+    key = app.gallery.rows[0]["cells"][0]["key"]
+    app.gallery._on_message(app.gallery, {"enlarge": key}, [])
+    assert sent[0]["enlarged"]["key"] == key
+    assert sent[0]["enlarged"]["src"].startswith("data:image/png;base64,")
+
+
+def test_export_the_visible_table(app: Dashboard, monkeypatch):
+    files = {}
+    monkeypatch.setattr(app.table, "download", lambda name, text, mime: files.update({name: text}))
+    app.filter.value = "train_lora.rank >= 8"
+    app.table.sort = {"column": "train_lora.rank", "descending": False}
+    app.export("csv")
+    app.export("markdown")
+    rows = list(csv.DictReader(io.StringIO(files["experiments.csv"])))
+    assert [r["name"] for r in rows] == shown(app)
+    assert [int(r["train_lora.rank"]) for r in rows] == sorted(
+        int(r["train_lora.rank"]) for r in rows
+    )
+    markdown = files["experiments.md"].splitlines()
+    assert markdown[0].startswith("| id | name | state |")
+    assert len(markdown) == 2 + len(rows)
+
+
+def test_scatter_and_parallel_coordinates_cover_all_experiments(app: Dashboard):
+    assert app.x_choice.value == "train_lora.rank"
+    assert app.y_choice.value == "type_fidelity_lora"
+    scatter = app.scatter.figure.data[0]
+    assert len(scatter.x) == 4  # baseline and three experiments, not the workspace
+    dimensions = [d.label for d in app.parallel.figure.data[0].dimensions]
+    assert dimensions[-1] == "type_fidelity_lora" and "train_lora.rank" in dimensions
+
+
+def test_plots_are_read_only_for_the_picked(app: Dashboard, monkeypatch):
+    asked = []
+    real = app.store.plots
+    monkeypatch.setattr(app.store, "plots", lambda revs: asked.append(list(revs)) or real(revs))
+    app.pick(["rank-16"])
+    assert asked == [[app.frame.set_index("name").loc["rank-16", "id"]]]
+
+
+def test_not_a_dvc_repository_is_a_message(tmp_path: Path):
+    app = Dashboard(tmp_path, watch=False)
+    assert "is not a DVC repository" in app.banner.value
+    assert app.banner.layout.display is None
+    assert app.table.order == []
+
+
+def test_a_hanging_dvc_is_stopped_and_said(repo: Path):
+    app = Dashboard(repo, watch=False, timeout=0.001)
+    assert "took longer than 0.001 s" in app.banner.value
+
+
+def test_no_experiments_yet_and_a_failed_one(tmp_path: Path):
+    app = Dashboard(make_quick_repo(tmp_path / "fresh"), watch=False)
+    assert "No experiments yet" in app.count.value
+    assert app.picked == ["workspace"] and len(app.gallery.rows) == 12
+    data = json.loads((FIXTURES / "exp_show.json").read_text())
+    revision = data[1]["experiments"][0]["revs"][0]
+    revision["error"] = {"type": "ReproductionError", "msg": "failed to reproduce 'train_lora'"}
+    app.set_frame(experiments_frame(data))
+    assert "failed to reproduce &#x27;train_lora&#x27;" in app.count.value
+    info = {i["name"]: i for i in app.table.row_info}
+    assert info["lr-high"]["state"] == "failed" and not info["queued-16"]["pickable"]
+
+
+def test_missing_plots_are_said_not_thrown(app: Dashboard):
+    app.pick(["0" * 40])
+    assert "not available" not in app.banner.value
+    assert "No generated images" in app.gallery.empty_text
+
+
+def test_all_branches_and_commits(repo: Path, tmp_path: Path):
+    clone = tmp_path / "clone"
+    run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    run(clone, "git", "checkout", "-q", "-b", "other")
+    (clone / "note.txt").write_text("x")
+    run(clone, "git", "add", "note.txt")
+    run(clone, "git", "commit", "-qm", "second")
+    app = Dashboard(clone, watch=False)
+    assert (app.frame["kind"] == "baseline").sum() == 1
+    app.all_commits.value = True
+    assert (app.frame["kind"] == "baseline").sum() == 2
+
+
+def test_a_new_experiment_appears_on_its_own(tmp_path: Path):
+    path = make_quick_repo(tmp_path / "live")
+    app = Dashboard(path, watch=True, poll_seconds=0.2)
+    try:
+        assert len(app.table.order) == 2
+        exp_run(path, "live-1", "train_lora.rank=2")
+        finished = time.monotonic()
+        deadline = finished + 30
+        while time.monotonic() < deadline and "live-1" not in shown(app):
+            time.sleep(0.05)
+        print(f"new experiment in the table {time.monotonic() - finished:.2f} s after it finished")
+        assert "live-1" in shown(app)
+    finally:
+        app.close()
+
+
+def test_the_dashboard_never_imports_torch(repo: Path):
+    code = (
+        "import sys; from dashboard import Dashboard; Dashboard(sys.argv[1], watch=False); "
+        "names = ('torch', 'diffusers', 'transformers', 'stages'); "
+        "heavy = [m for m in names if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(repo)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,127 @@
+"""The dashboard as a person uses it: a real Voila server, Debian's Chromium driven by
+Playwright, a real DVC repository with experiments."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests.browser import launch, voila_server
+from tests.quick_repo import run
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+WAIT = 60_000  # ms: the first page of a fresh server on 2 busy cores
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def server(dashboard_repo: Path, tmp_path_factory):
+    log = tmp_path_factory.mktemp("voila") / "voila.log"
+    with voila_server(dashboard_repo, log) as url:
+        yield url
+
+
+@pytest.fixture
+def page(browser, server) -> Page:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.goto(server)
+    page.wait_for_selector(".xt-row", timeout=WAIT)
+    yield page
+    context.close()
+
+
+def row(page: Page, name: str):
+    return page.locator(f'.xt-row[data-name="{name}"]')
+
+
+def gallery_labels(page: Page) -> list[str]:
+    return page.locator(".gl-col .gl-label").all_inner_texts()
+
+
+def test_the_table_shows_every_row_of_dvc_exp_show(page: Page, dashboard_repo: Path):
+    exp_show = json.loads(run(dashboard_repo, "dvc", "exp", "show", "--json"))
+    experiments = sum(len(c.get("experiments") or []) for c in exp_show)
+    expect(page.locator(".xt-row")).to_have_count(len(exp_show) + experiments)
+    count = page.locator(".experiment-count")
+    expect(count).to_have_attribute("data-experiments", str(experiments))
+    names = page.locator(".xt-row").evaluate_all("rows => rows.map(r => r.dataset.name)")
+    assert set(names) == {"workspace", "main", "rank-8", "rank-16", "lr-high"}
+
+
+def test_picking_two_experiments_shows_both_columns_of_images(page: Page):
+    picked = page.locator(".xt-row.xt-picked")
+    for remaining in range(picked.count(), 0, -1):  # start from nothing picked
+        picked.first.click()
+        expect(picked).to_have_count(remaining - 1)
+    row(page, "rank-8").click()
+    row(page, "rank-16").click()
+    expect(page.locator(".gl-col")).to_have_count(4, timeout=WAIT)
+    assert gallery_labels(page) == [
+        "rank-8 · base", "rank-8 · LoRA", "rank-16 · base", "rank-16 · LoRA",
+    ]  # fmt: skip
+    details = page.locator(".gl-col .gl-detail").all_inner_texts()
+    assert "rank=8" in details[0] and "type_fidelity_lora" in details[0]
+    expect(page.locator(".gl-thumb")).to_have_count(4 * 12)
+    lora = page.locator('.gl-thumb[data-column$=":lora"]')
+    sources = lora.evaluate_all("images => images.map(i => i.src)")
+    pairs = list(zip(sources[::2], sources[1::2], strict=True))  # rank-8 and rank-16, per row
+    assert len(pairs) == 12 and all(a != b for a, b in pairs)  # the rank shows in the Pokémon
+    page.locator(".gl-thumb").first.click()
+    expect(page.locator(".gl-overlay.gl-open")).to_be_visible()
+    expect(page.locator(".gl-caption")).to_contain_text("rank-8 · base")
+    page.keyboard.press("Escape")
+    expect(page.locator(".gl-overlay.gl-open")).to_have_count(0)
+    for name in ("rank-8", "rank-16"):  # both curves, in the legend of the training curves
+        legend = page.locator(".js-plotly-plot .legendtext").filter(has_text=name)
+        expect(legend.first).to_be_attached(timeout=WAIT)
+
+
+def test_a_filter_narrows_the_rows(page: Page):
+    box = page.get_by_placeholder("filter, e.g.", exact=False)
+    box.fill("train_lora.rank >= 16")
+    box.press("Enter")
+    expect(page.locator(".xt-row")).to_have_count(3)  # rank-16, lr-high and the workspace
+    expect(row(page, "rank-8")).to_have_count(0)
+    box.fill("train_lora.rank >=")
+    box.press("Enter")
+    expect(page.locator(".filter-error")).to_contain_text("cannot filter by")
+    expect(page.locator(".xt-row")).to_have_count(5)
+
+
+def test_sorting_by_a_header_click_orders_the_whole_table(page: Page):
+    page.locator('th[data-column="type_fidelity_lora"]').click()
+    expect(page.locator('th[data-column="type_fidelity_lora"]')).to_contain_text("▼")
+    expect(page.locator(".xt-row").last).to_have_attribute("data-name", "main")  # 0.5, the lowest
+    names = page.locator(".xt-row").evaluate_all("rows => rows.map(r => r.dataset.name)")
+    assert names[0] in {"lr-high", "workspace"}  # 1.0, the highest
+
+
+def test_export_to_csv_downloads_the_table_as_shown(page: Page):
+    with page.expect_download() as download:
+        page.get_by_role("button", name="CSV").click()
+    text = Path(download.value.path()).read_text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 5 and {"name", "train_lora.rank", "type_fidelity_lora"} <= set(rows[0])
+
+
+def test_not_a_dvc_repository_is_said_in_the_page(browser, tmp_path: Path):
+    with voila_server(tmp_path, tmp_path / "voila.log", pool_size=0) as url:
+        page = browser.new_page()
+        page.goto(url)
+        banner = page.locator(".dashboard-error")
+        expect(banner).to_contain_text("is not a DVC repository", timeout=WAIT)
+        expect(page.locator(".xt-empty")).to_be_visible()
+        page.close()
