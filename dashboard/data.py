@@ -84,7 +84,7 @@ def _row(entry: Mapping[str, Any], kind: str, parent: str | None, executor, name
         "name": entry.get("name") or (entry["rev"] if kind == "workspace" else entry["rev"][:7]),
         "kind": kind,
         "state": _state(kind, executor, error),
-        "created": pd.to_datetime(data.get("timestamp"), errors="coerce"),
+        "created": data.get("timestamp"),
         "parent": parent,
         "error": error,
     }
@@ -115,6 +115,8 @@ def experiments_frame(exp_show: list[Mapping[str, Any]]) -> pd.DataFrame:
         _row(entry, kind, parent, executor, names) for entry, kind, parent, executor in entries
     ]
     frame = pd.DataFrame(rows)
+    if "created" in frame:
+        frame["created"] = pd.to_datetime(frame["created"], errors="coerce")
     for column in FIXED_COLUMNS:
         if column not in frame:
             frame[column] = pd.Series(dtype=object)
@@ -197,7 +199,7 @@ def differing_columns(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:
     """The columns whose values are not the same in every row ("only columns that differ")."""
     differing = []
     for column in columns:
-        values = frame[column].map(_canonical)
+        values = _comparable(frame[column])
         if values.nunique(dropna=False) > 1:
             differing.append(column)
     return differing
@@ -254,23 +256,35 @@ def _same(a: Any, b: Any) -> bool:
     return _canonical(a) == _canonical(b)
 
 
+def _comparable(values: pd.Series) -> pd.Series:
+    """Values that compare equal exactly when the cells hold the same value: numbers as they
+    are (fast), anything else as canonical text."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return values.astype(float)
+    return values.map(_canonical)
+
+
 def changed_params(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """{row id: {param: value}} for the params in which an experiment differs from its baseline
-    (the workspace is compared with the first baseline, HEAD)."""
+    (the workspace is compared with the first baseline, HEAD; queued rows with nothing)."""
     params = frame.attrs.get("params", [])
-    rows = frame.set_index("id", drop=False)
-    baselines = rows[rows["kind"] == "baseline"]
-    head = baselines.index[0] if len(baselines) else None
-    changed: dict[str, dict[str, Any]] = {}
-    for rev, row in rows.iterrows():
-        parent = row["parent"] if row["kind"] == "experiment" else None
-        if row["kind"] == "workspace":
-            parent = head
-        if parent is None or parent not in rows.index or row["state"] == "queued":
-            changed[rev] = {}
-            continue
-        base = rows.loc[parent]
-        changed[rev] = {p: row[p] for p in params if not _same(row[p], base[p])}
+    ids = frame["id"].tolist()
+    position = {rev: i for i, rev in enumerate(ids)}
+    baselines = frame.loc[frame["kind"] == "baseline", "id"].tolist()
+    head = baselines[0] if baselines else None
+    parents = []
+    for kind, parent, state in zip(frame["kind"], frame["parent"], frame["state"], strict=True):
+        base = head if kind == "workspace" else parent if kind == "experiment" else None
+        parents.append(-1 if state == "queued" else position.get(base, -1))
+    has_parent = [p >= 0 for p in parents]
+    take = [max(p, 0) for p in parents]
+    changed: dict[str, dict[str, Any]] = {rev: {} for rev in ids}
+    for param in params:
+        values = _comparable(frame[param]).to_numpy()
+        base = values[take]
+        equal = (values == base) | (pd.isna(values) & pd.isna(base))
+        for row in (i for i, same in enumerate(equal) if not same and has_parent[i]):
+            changed[ids[row]][param] = frame[param].iat[row]
     return changed
 
 

@@ -64,11 +64,8 @@ def clone_experiments(repo: Path, template: str, count: int) -> list[str]:
     """`count` more experiments made with git plumbing from the experiment `template` (a ref
     under refs/exps), each with its own train_lora.learning_rate and metrics: DVC lists them as
     experiments like any other (`dvc exp show`), in seconds instead of a run each."""
-    ref = next(
-        line.split()[1]
-        for line in run(repo, "git", "for-each-ref", "refs/exps").splitlines()
-        if line.endswith("/" + template)
-    )
+    refs = run(repo, "git", "for-each-ref", "--format=%(refname)", "refs/exps").splitlines()
+    ref = next(line for line in refs if line.endswith("/" + template))
     folder = ref.rsplit("/", 1)[0]
     names = []
     tmp_index = repo / ".git" / "bench-index"
