@@ -75,6 +75,29 @@ def shown_errors(method):
     return wrapper
 
 
+class Coalescer:
+    """Runs `function` whenever requested: on its own thread when `background` (requests that
+    arrive while it runs merge into one more run), else at once."""
+
+    def __init__(self, function, background: bool):
+        self.function, self.background = function, background
+        self._wanted = threading.Event()
+        if background:
+            threading.Thread(target=self._loop, name="dashboard-compare", daemon=True).start()
+
+    def request(self) -> None:
+        if self.background:
+            self._wanted.set()
+        else:
+            self.function()
+
+    def _loop(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            self.function()
+
+
 def short_name(param: str, params: list[str]) -> str:
     """train_lora.rank -> rank, unless another param ends in the same key."""
     key = param.rsplit(".", 1)[-1]
@@ -98,6 +121,7 @@ class Dashboard:
         self._stop = threading.Event()
         self._compare = not watch  # when watching, the watcher draws the comparison first
         self._hold_plots = watch  # in a page, plots wait until the table is drawn
+        self._comparer = Coalescer(self.compare_picked, background=watch)
         self._build()
         self.refresh()
         if watch:
@@ -136,7 +160,10 @@ class Dashboard:
         self.md_button = w.Button(description="Markdown", icon="download",
                                   tooltip="export the table as shown to Markdown")  # fmt: skip
         self.md_button.on_click(lambda _: self.export("markdown"))
-        for button in (self.refresh_button, self.csv_button, self.md_button):
+        self.clear_button = w.Button(description="Clear picks", icon="times",
+                                     tooltip="compare nothing; pick rows again")  # fmt: skip
+        self.clear_button.on_click(lambda _: self.pick([]))
+        for button in (self.refresh_button, self.csv_button, self.md_button, self.clear_button):
             button.layout.width = "auto"
         self.table = ExperimentTable()
         self.table.on_msg(self._on_table_message)
@@ -169,7 +196,14 @@ class Dashboard:
             return w.VBox([heading, *children])
 
         toolbar = w.HBox(
-            [self.filter, self.all_commits, self.only_differing, self.csv_button, self.md_button],
+            [
+                self.filter,
+                self.all_commits,
+                self.only_differing,
+                self.clear_button,
+                self.csv_button,
+                self.md_button,
+            ],
             layout=w.Layout(align_items="center"),
         )
         toolbar.add_class("dashboard-toolbar")
@@ -234,7 +268,7 @@ class Dashboard:
         self.apply_view()
         self.draw_overview()
         if self._compare:
-            self.draw_comparison(reread_workspace=True)
+            self.draw_comparison()
 
     def default_picks(self) -> list[str]:
         """The newest finished experiment and its baseline; the workspace when there is none."""
@@ -387,14 +421,14 @@ class Dashboard:
         self.status.value = (f"<span style='color:#57606a'>read in {self.read_seconds:.2f} s at "
                              f"{time.strftime('%H:%M:%S')}</span>")  # fmt: skip
 
+    @shown_errors
     def pick(self, revs: list[str]) -> None:
         """Compare these rows (ids or names), in this order."""
         by_name = dict(zip(self.frame["name"], self.frame["id"], strict=False))
         self.picked = [by_name.get(rev, rev) for rev in revs]
         with self.quiet():
             self.table.picked, self.table.colors = list(self.picked), self.colors()
-        self.draw_comparison()
-        self.draw_overview()
+        self._comparer.request()
 
     def _on_table_message(self, _widget, content, _buffers) -> None:
         if isinstance(content, dict) and content.get("drawn"):
@@ -421,12 +455,33 @@ class Dashboard:
         names = dict(zip(self.frame["id"], self.frame["name"], strict=False))
         return {rev: names.get(rev, rev[:7]) for rev in self.picked}
 
-    def draw_comparison(self, reread_workspace: bool = False) -> None:
-        picked = [rev for rev in self.picked if rev in set(self.frame["id"])]
-        if WORKSPACE in picked and reread_workspace:
-            self.plots = self.store.plots(picked)
-        else:
-            self.plots = self.store.plots(picked) if picked else Plots()
+    def _comparable_picks(self) -> list[str]:
+        return [rev for rev in self.picked if rev in set(self.frame["id"])]
+
+    def draw_comparison(self) -> None:
+        """Read the picked rows' plots (those not read before, and the workspace) and draw."""
+        picked = self._comparable_picks()
+        self.plots = self.store.plots(picked) if picked else Plots()
+        self._draw_plots()
+
+    def compare_picked(self) -> None:
+        """After a pick: read the plots without holding the page, then draw them, unless the
+        picks changed meanwhile (then the next run draws the newer picks: quick clicks on
+        several rows cost one drawing)."""
+        try:
+            picked = self._comparable_picks()
+            data = self.store.plots(picked) if picked else Plots()
+            with self._busy:
+                if picked != self._comparable_picks():
+                    return
+                self.plots = data
+                self._draw_plots()
+                self.draw_overview(parallel=False)
+        except Exception as error:
+            log.exception("comparing the picked experiments failed")
+            self.show_error(f"Cannot compare the picked experiments: {error}")
+
+    def _draw_plots(self) -> None:
         curves = sorted(self.plots.curves)
         preferred = next(
             (c for c in curves if PREFERRED_CURVE in c), curves[0] if curves else None
@@ -455,7 +510,9 @@ class Dashboard:
                                      title, self.smoothing.value)  # fmt: skip
         self.curves.show(figure)
 
-    def draw_overview(self) -> None:
+    def draw_overview(self, parallel: bool = True) -> None:
+        """The scatter (picked rows in their colours) and, unless told not, the parallel
+        coordinates (which picks do not change) over the filtered rows."""
         try:
             rows = filter_experiments(self.frame, self.filter.value)
         except FilterError:
@@ -468,8 +525,9 @@ class Dashboard:
             self.parallel.show(plots.empty_figure(message))
             return
         self.scatter.show(plots.scatter_figure(rows, x, y, self.colors()))
-        params = [p for p in self.x_choice.options if p != y][:8]
-        self.parallel.show(plots.parallel_figure(rows, params, y))
+        if parallel:
+            params = [p for p in self.x_choice.options if p != y][:8]
+            self.parallel.show(plots.parallel_figure(rows, params, y))
 
     def key_metric(self) -> str | None:
         metrics = self.frame.attrs.get("metrics", [])
@@ -547,7 +605,7 @@ class Dashboard:
         """Draw the picked experiments' plots, then read ahead the newest experiments' plots
         in one dvc call, so that picking them later shows at once."""
         self._compare = True
-        self.draw_comparison(reread_workspace=True)
+        self.draw_comparison()
         done = self.frame[self.frame["kind"].isin(["experiment", "baseline"])
                           & (self.frame["state"] == "success")]  # fmt: skip
         newest = done.sort_values("created", ascending=False)["id"].head(PREFETCH).tolist()

@@ -151,3 +151,21 @@ def test_whole_pipeline_then_two_experiments_compared_by_dvc_metrics_and_plots(t
     assert {image["revisions"][0] for image in images} == {"rank-8", "rank-2"}
     confusion = plots["outputs/train_classifier/plots/sklearn/confusion_matrix.json"][0]
     assert confusion["type"] == "vega"
+
+    # The dashboard on this real pipeline: both experiments' curves, Pokémon and confusion.
+    from dashboard.app import Dashboard
+
+    app = Dashboard(repo, watch=False)
+    assert app.banner.layout.display == "none", app.banner.value
+    app.pick(["rank-8", "rank-2"])
+    assert "train_lora" in app.curve_choice.value and "loss" in app.curve_choice.value
+    traces = {t.name for t in app.curves.figure.data if t.showlegend is not False}
+    assert traces == {"rank-8", "rank-2"}
+    assert [c["label"] for c in app.gallery.columns] == [
+        "rank-8 · base", "rank-8 · LoRA", "rank-2 · base", "rank-2 · LoRA",
+    ]  # fmt: skip
+    prompts, seeds = TINY["generate"]["prompts"], TINY["generate"]["seeds"]
+    assert len(app.gallery.rows) == len(prompts) * len(seeds)
+    assert all("src" in cell for row in app.gallery.rows for cell in row["cells"])
+    assert "rank=8" in app.gallery.columns[0]["detail"]
+    assert len([t for t in app.confusion.figure.data if t.type == "heatmap"]) == 2
