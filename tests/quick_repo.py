@@ -39,7 +39,8 @@ def make_quick_repo(path: Path, **params: dict) -> Path:
     """A committed git + DVC repository at `path` whose pipeline has run once."""
     path.mkdir(parents=True)
     shutil.copy2(QUICK / "stage.py", path / "stage.py")
-    shutil.copy2(QUICK / "dvc.yaml", path / "dvc.yaml")
+    shutil.copy2(QUICK / "pipeline.yaml", path / "dvc.yaml")  # not dvc.yaml here: DVC would
+    # take it for a second pipeline of this repository
     values = merged(merged(default_params(), QUICK_PARAMS), params)
     (path / "params.yaml").write_text(yaml.safe_dump(values, allow_unicode=True, sort_keys=False))
     (path / ".gitignore").write_text("__pycache__/\n")
