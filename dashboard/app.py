@@ -174,7 +174,7 @@ class Dashboard:
         self.curve_choice = w.Dropdown(description="Curve", layout=w.Layout(width="420px"))
         self._on(self.curve_choice, self.draw_curves)
         self.smoothing = w.FloatSlider(
-            value=0.6, min=0, max=0.99, step=0.01, description="Smoothing",
+            value=0.8, min=0, max=0.99, step=0.01, description="Smoothing",
             continuous_update=False,
         )  # fmt: skip
         self._on(self.smoothing, self.draw_curves)
@@ -533,13 +533,17 @@ class Dashboard:
         metrics = self.frame.attrs.get("metrics", [])
         return next((m for m in KEY_METRICS if m in metrics), metrics[0] if metrics else None)
 
-    def column_detail(self, rev: str) -> str:
-        """What an experiment changed from its baseline and its key metric, for labels."""
+    def column_detail(self, rev: str, kind: str = "lora") -> str:
+        """What an experiment changed from its baseline and its key metric (for the base
+        model's images, the base's figure: type_fidelity_base for type_fidelity_lora)."""
         params = self.frame.attrs.get("params", [])
         changed = self.changed.get(rev, {})
         parts = [f"{short_name(p, params)}={format_cell(v)}" for p, v in changed.items()]
         row = self.frame[self.frame["id"] == rev]
         metric = self.key_metric()
+        if metric and kind == "base" and metric.endswith("_lora"):
+            base_metric = metric.removesuffix("_lora") + "_base"
+            metric = base_metric if base_metric in self.frame else metric
         if (
             metric
             and not row.empty
@@ -555,7 +559,7 @@ class Dashboard:
         kind_names = {"lora": "LoRA", "base": "base"}
         columns = [
             {"key": f"{rev}:{kind}", "label": f"{labels[rev]} · {kind_names[kind]}",
-             "detail": self.column_detail(rev), "color": colors.get(rev), "rev": rev, "kind": kind}
+             "detail": self.column_detail(rev, kind), "color": colors.get(rev), "rev": rev, "kind": kind}
             for rev in self.picked for kind in kinds
         ]  # fmt: skip
         keys = images[["prompt", "seed"]].drop_duplicates().itertuples(index=False)

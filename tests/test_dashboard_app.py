@@ -116,7 +116,8 @@ def test_picking_two_compares_curves_images_and_confusion(app: Dashboard):
     labels = [c["label"] for c in app.gallery.columns]
     assert labels == ["rank-8 · base", "rank-8 · LoRA", "rank-16 · base", "rank-16 · LoRA"]
     assert "rank=8" in app.gallery.columns[0]["detail"]
-    assert "type_fidelity_lora" in app.gallery.columns[0]["detail"]
+    assert "type_fidelity_base" in app.gallery.columns[0]["detail"]
+    assert "type_fidelity_lora" in app.gallery.columns[1]["detail"]
     assert len(app.gallery.rows) == 12  # 2 prompts x 6 seeds
     assert all(
         cell["src"].startswith("data:image/png;base64,") for cell in app.gallery.rows[0]["cells"]

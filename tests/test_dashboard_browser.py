@@ -73,7 +73,7 @@ def test_picking_two_experiments_shows_both_columns_of_images(page: Page):
         "rank-8 · base", "rank-8 · LoRA", "rank-16 · base", "rank-16 · LoRA",
     ]  # fmt: skip
     details = page.locator(".gl-col .gl-detail").all_inner_texts()
-    assert "rank=8" in details[0] and "type_fidelity_lora" in details[0]
+    assert "rank=8" in details[1] and "type_fidelity_lora" in details[1]
     expect(page.locator(".gl-thumb")).to_have_count(4 * 12)
     lora = page.locator('.gl-thumb[data-column$=":lora"]')
     sources = lora.evaluate_all("images => images.map(i => i.src)")
