@@ -559,7 +559,8 @@ class Dashboard:
         kind_names = {"lora": "LoRA", "base": "base"}
         columns = [
             {"key": f"{rev}:{kind}", "label": f"{labels[rev]} · {kind_names[kind]}",
-             "detail": self.column_detail(rev, kind), "color": colors.get(rev), "rev": rev, "kind": kind}
+             "detail": self.column_detail(rev, kind), "color": colors.get(rev), "rev": rev,
+             "kind": kind}
             for rev in self.picked for kind in kinds
         ]  # fmt: skip
         keys = images[["prompt", "seed"]].drop_duplicates().itertuples(index=False)
