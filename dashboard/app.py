@@ -37,6 +37,7 @@ from dashboard.data import (
     to_markdown,
 )
 from dashboard.dvc_cli import DvcError
+from dashboard.manage import ManagePanel
 from dashboard.store import WORKSPACE, ExperimentStore, Plots
 from dashboard.widgets import ExperimentTable, Gallery, image_uri
 
@@ -122,6 +123,7 @@ class Dashboard:
         self._compare = not watch  # when watching, the watcher draws the comparison first
         self._hold_plots = watch  # in a page, plots wait until the table is drawn
         self._comparer = Coalescer(self.compare_picked, background=watch)
+        self.manage: ManagePanel | None = None
         self._build()
         self.refresh()
         if watch:
@@ -190,6 +192,7 @@ class Dashboard:
                                                      ("Base", "base")], value="both")  # fmt: skip
         self._on(self.gallery_mode, self.draw_gallery)
         self.gallery = Gallery()
+        self.manage_box = w.VBox()  # filled once the first read is done (it reads the frame)
 
         def section(title: str, *children) -> w.VBox:
             heading = w.HTML(f"<h3 style='margin:14px 0 4px'>{title}</h3>")
@@ -213,6 +216,7 @@ class Dashboard:
             self.banner,
             section("Experiments", toolbar, self.filter_message, self.columns_box, self.count,
                     self.table),
+            section("Run experiments", self.manage_box),
             section("Training curves of the picked experiments",
                     w.HBox([self.curve_choice, self.smoothing]), self.curves),
             section("Generated Pokémon of the picked experiments", self.gallery_mode,
@@ -264,6 +268,11 @@ class Dashboard:
         self.picked = [rev for rev in self.picked if rev in pickable]
         if first and not self.picked:
             self.picked = self.default_picks()
+        if self.manage is None:
+            self.manage = ManagePanel(self)
+            self.manage_box.children = [self.manage.widget]
+        else:
+            self.manage.update()
         self._update_choices()
         self.apply_view()
         self.draw_overview()
@@ -413,9 +422,15 @@ class Dashboard:
                      "train_lora.rank=8</code> (see the README).</i>")  # fmt: skip
         failed = experiments[experiments["state"] == "failed"]
         for row in failed.itertuples():
+            log_tail = ""
+            if self.manage is not None and row.name in set(self.manage.log_choice.options):
+                log_tail = (
+                    "<details><summary>its log (dvc queue logs)</summary><pre>"
+                    f"{html.escape(self.manage.failure_log(row.name))}</pre></details>"
+                )
             text += (
                 f"<div class='failed-experiment' style='color:#cf222e'>✖ {html.escape(row.name)}"
-                f" failed: {html.escape(row.error or 'no error message from DVC')}</div>"
+                f" failed: {html.escape(row.error or 'no error message from DVC')}{log_tail}</div>"
             )
         self.count.value = text
         self.status.value = (f"<span style='color:#57606a'>read in {self.read_seconds:.2f} s at "
@@ -576,9 +591,13 @@ class Dashboard:
                     cells.append({"missing": reason})
                     continue
                 key = f"{column['key']}:{prompt}:{seed}"
-                files[key] = Path(file)
+                try:
+                    files[key] = self.store.inside(file)
+                except DvcError as error:
+                    cells.append({"missing": str(error)})
+                    continue
                 title = f"{column['label']} — {prompt}, seed {seed}"
-                cells.append({"key": key, "src": image_uri(file, 256), "title": title})
+                cells.append({"key": key, "src": image_uri(files[key], 256), "title": title})
             rows.append({"label": f"{prompt} · seed {seed}", "cells": cells})
         self.gallery.files = files
         with self.gallery.hold_sync():

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 FIXED_COLUMNS = ["id", "name", "kind", "state", "created", "parent", "error"]
@@ -230,7 +231,7 @@ def format_cell(value: Any) -> str:
     """A cell as the table shows it: 4 significant digits, short hashes, compact lists."""
     if _missing(value):
         return ""
-    if isinstance(value, bool):
+    if isinstance(value, bool | np.bool_):
         return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.4g}"

@@ -4,9 +4,11 @@ person can read in the page instead of a traceback."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +23,37 @@ def dvc_executable() -> str:
     return str(beside) if beside.exists() else shutil.which("dvc") or "dvc"
 
 
+def dvc_env() -> dict[str, str]:
+    """The environment for dvc: this Python's bin folder first on PATH, so that the queue's
+    workers (which dvc starts as `dvc ...`) and the stages' `python` are the project's, also
+    when the venv was never activated (JupyterLab started by its full path)."""
+    env = os.environ.copy()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    return env
+
+
 def run_dvc(args: list[str], repo: Path, timeout: float = 60.0) -> str:
     """stdout of `dvc <args>` run in `repo`; DvcError when it fails or runs past `timeout` s."""
     command = [dvc_executable(), *args]
     shown = "dvc " + " ".join(args)
     if not (Path(repo) / ".dvc").is_dir():
         raise DvcError(f"{repo} is not a DVC repository (no .dvc folder): run `dvc init` there")
-    try:
-        result = subprocess.run(
-            command, cwd=repo, capture_output=True, text=True, timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        raise DvcError(f"`{shown}` took longer than {timeout:g} s and was stopped") from None
-    except OSError as error:
-        raise DvcError(f"cannot run `{shown}`: {error}") from None
+    # Output goes to files, not pipes: `dvc queue start` leaves a worker running that keeps
+    # inherited pipes open, and reading pipes would wait for the worker to end.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        try:
+            code = subprocess.run(
+                command, cwd=repo, stdout=out, stderr=err, timeout=timeout,
+                stdin=subprocess.DEVNULL, env=dvc_env(),
+            ).returncode  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise DvcError(f"`{shown}` took longer than {timeout:g} s and was stopped") from None
+        except OSError as error:
+            raise DvcError(f"cannot run `{shown}`: {error}") from None
+        out.seek(0)
+        err.seek(0)
+        result = subprocess.CompletedProcess(command, code, out.read(), err.read())
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         reason = next(

@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from dashboard.dvc_cli import dvc_env
+
 NOTEBOOK = Path(__file__).with_name("dashboard.ipynb")
 LOCAL = {"127.0.0.1", "localhost", "::1"}
 
@@ -30,10 +32,8 @@ def voila_command(port: int, host: str = "127.0.0.1", token: str = "", pool_size
 
 
 def voila_env(repo: Path) -> dict[str, str]:
-    env = os.environ.copy()
+    env = dvc_env()
     env["DASHBOARD_REPO"] = str(Path(repo).resolve())
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("DVC_NO_ANALYTICS", "1")
     return env
 
 

@@ -90,7 +90,14 @@ class ExperimentStore:
         self._lock = threading.Lock()  # never two dvc reads at once
         self._plots: dict[str, Plots] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dvc")
-        self._out = Path(tempfile.mkdtemp(prefix="dashboard-plots-"))
+        # Plot files go inside the repository (.dvc/tmp is git-ignored), so that every file the
+        # page shows is checked to stay inside it.
+        scratch = self.path / ".dvc" / "tmp" / "dashboard"
+        if (self.path / ".dvc").is_dir():
+            scratch.mkdir(parents=True, exist_ok=True)
+            self._out = Path(tempfile.mkdtemp(prefix="plots-", dir=scratch))
+        else:
+            self._out = Path(tempfile.mkdtemp(prefix="dashboard-plots-"))
         weakref.finalize(self, shutil.rmtree, self._out, True)
 
     def check(self) -> None:
@@ -119,9 +126,14 @@ class ExperimentStore:
         for name in WATCHED:
             file = self.path / name
             times.append(f"{name}:{file.stat().st_mtime_ns if file.exists() else 0}")
-        queue = self.path / ".dvc" / "tmp" / "exps"
-        if queue.exists():
-            times.append(f"queue:{queue.stat().st_mtime_ns}")
+        for folder in ("celery", "run"):  # the queue's broker and running tasks, not its cache
+            for root, _, files in os.walk(self.path / ".dvc" / "tmp" / "exps" / folder):
+                for name in files:
+                    try:
+                        stat = os.stat(os.path.join(root, name))
+                    except OSError:
+                        continue  # gone while listing
+                    times.append(f"{root}/{name}:{stat.st_mtime_ns}:{stat.st_size}")
         return "\n".join([head, refs, *times])
 
     def _call(self, what: str, function, *args):
@@ -141,6 +153,14 @@ class ExperimentStore:
 
     def experiments(self, all_commits: bool = False) -> pd.DataFrame:
         return experiments_frame(self.exp_show(all_commits))
+
+    def inside(self, file: str | Path) -> Path:
+        """`file` resolved, or DvcError when it is not inside the repository (or the plots
+        folder): the page never shows files from anywhere else."""
+        resolved = Path(file).resolve()
+        if not (resolved.is_relative_to(self.path) or resolved.is_relative_to(self._out)):
+            raise DvcError(f"{file} is outside the repository {self.path}: not shown")
+        return resolved
 
     def plots(self, revs: Iterable[str]) -> Plots:
         """Plots of `revs` (ids, or "workspace"); reads only those not read before. The

@@ -6,9 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from playwright.sync_api import Page, expect, sync_playwright
 
 from tests.browser import launch, voila_server
@@ -125,3 +127,41 @@ def test_not_a_dvc_repository_is_said_in_the_page(browser, tmp_path: Path):
         expect(banner).to_contain_text("is not a DVC repository", timeout=WAIT)
         expect(page.locator(".xt-empty")).to_be_visible()
         page.close()
+
+
+def test_launch_a_grid_watch_it_run_and_apply_one(browser, tmp_path: Path):
+    """Issue 6's flow in the page alone: fill the form, queue two experiments, start the queue,
+    see both succeed in the table without reloading, apply one."""
+    from tests.quick_repo import make_quick_repo
+
+    repo = make_quick_repo(tmp_path / "repo")
+    try:
+        with voila_server(repo, tmp_path / "voila.log") as url:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector(".xt-row", timeout=WAIT)
+            form = page.locator(".launch-form")
+            form.get_by_text("train_lora", exact=True).click()
+            rank = page.locator(".param-train_lora-rank input")
+            rank.fill("8, 16")
+            rank.press("Enter")
+            expect(page.locator(".launch-summary")).to_have_attribute("data-count", "2")
+            page.get_by_placeholder("optional: name", exact=False).fill("grid")
+            form.locator("button", has_text="Queue").click()
+            expect(page.locator(".action-done")).to_contain_text("Queued 2: grid-1, grid-2",
+                                                                 timeout=WAIT)  # fmt: skip
+            expect(row(page, "grid-1")).to_have_class(re.compile("xt-state-queued"))
+            page.locator("button", has_text="Start queue").click()
+            for name in ("grid-1", "grid-2"):
+                expect(row(page, name)).to_have_class(re.compile("xt-state-success"),
+                                                      timeout=180_000)  # fmt: skip
+            page.locator("button", has_text="Clear picks").click()
+            row(page, "grid-2").click()
+            page.locator("button", has_text="Apply").click()
+            expect(page.locator(".confirm-text")).to_contain_text("train_lora.rank: 4 → 16")
+            page.locator(".confirm-yes").click()
+            expect(page.locator(".action-done")).to_contain_text("Applied grid-2", timeout=WAIT)
+            assert yaml.safe_load((repo / "params.yaml").read_text())["train_lora"]["rank"] == 16
+            page.close()
+    finally:
+        run(repo, "dvc", "queue", "stop", "--kill")

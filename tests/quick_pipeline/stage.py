@@ -1,7 +1,8 @@
 """A quick stand-in of the pipeline for the dashboard's tests and benchmark: the same params.yaml,
 the same output layout (dvclive curves, metrics, a confusion plot, generated base and LoRA images
 per prompt and seed) in well under a second, with no torch. Images and figures follow the params,
-so that experiments differ visibly. `train_lora.rank: 0` makes the stage fail, as a broken run.
+so that experiments differ visibly. `train_lora.rank: 0` makes the stage fail, as a broken run;
+`train_lora.max_steps: 20000` makes it last 10 s, to interrupt.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import math
 import random
 import re
+import time
 from pathlib import Path
 
 import yaml
@@ -38,6 +40,7 @@ def main() -> None:
     rank, lr, steps = int(lora["rank"]), float(lora["learning_rate"]), int(lora["max_steps"])
     if rank <= 0:
         raise SystemExit(f"train_lora.rank must be positive, got {rank}")
+    time.sleep(steps / 2000)  # 40 steps: 0.02 s; 20,000 steps: a 10 s run to interrupt
     out = Path("outputs")
     curves = out / "train_lora" / "plots" / "metrics"
     curves.mkdir(parents=True, exist_ok=True)

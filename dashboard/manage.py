@@ -1,0 +1,336 @@
+"""The dashboard's second half: launch experiments (the form), control the DVC queue, and act on
+the picked experiments (apply, branch, rename, remove, push, pull, kill). Each button is a small
+method that runs one action and says what happened; the app's watcher then redraws the table."""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as w
+
+from dashboard import actions
+from dashboard.data import format_cell
+from dashboard.dvc_cli import DvcError
+from dashboard.form import LaunchForm
+
+if TYPE_CHECKING:
+    from dashboard.app import Dashboard
+
+log = logging.getLogger("dashboard")
+LOG_LINES = 60
+
+
+def _pre(text: str, css: str = "") -> str:
+    style = "max-height:320px;overflow:auto;background:#f6f8fa;padding:8px;font-size:12px"
+    return f"<pre class='{css}' style='{style}'>{html.escape(text)}</pre>"
+
+
+def tail(text: str, lines: int = LOG_LINES) -> str:
+    kept = text.rstrip().splitlines()[-lines:]
+    return "\n".join(kept)
+
+
+class ManagePanel:
+    """Launch, queue and actions over the app's repository and picked rows."""
+
+    def __init__(self, app: Dashboard):
+        self.app = app
+        self.repo: Path = app.store.path
+        self.running: dict[str, Any] = {}  # workspace runs started here: name -> (process, log)
+        self.failure_logs: dict[str, str] = {}
+        self.form = LaunchForm(self.repo, on_queue=self.queue, on_run=self.run_now)
+        self.status = w.HTML()
+        self.status.add_class("action-status")
+        self.jobs = w.BoundedIntText(value=1, min=1, max=16, description="Workers",
+                                     layout=w.Layout(width="150px"))  # fmt: skip
+        self.start_button = self._button(
+            "Start queue", "play", self.start_queue, "dvc queue start: run the queued experiments"
+        )
+        self.stop_button = self._button(
+            "Stop queue",
+            "stop",
+            self.stop_queue,
+            "dvc queue stop: finish the running ones, start no more",
+        )
+        self.kill_button = self._button(
+            "Kill picked",
+            "times-circle",
+            self.kill_picked,
+            "dvc queue kill: interrupt the picked running experiments",
+        )
+        self.queue_info = w.HTML()
+        self.queue_info.add_class("queue-info")
+        self.log_choice = w.Dropdown(description="Log of", layout=w.Layout(width="320px"))
+        self.log_button = self._button(
+            "Show log", "file-text", self.show_log, "dvc queue logs: what the experiment printed"
+        )
+        self.log_view = w.HTML()
+        self.apply_button = self._button("Apply", "check", self.ask_apply,
+                                         "dvc exp apply: bring the picked experiment into the "
+                                         "workspace")  # fmt: skip
+        self.branch_name = w.Text(placeholder="new branch", layout=w.Layout(width="160px"))
+        self.branch_button = self._button(
+            "Branch", "code-fork", self.branch, "dvc exp branch: make a git branch of the picked"
+        )
+        self.new_name = w.Text(placeholder="new name", layout=w.Layout(width="160px"))
+        self.rename_button = self._button(
+            "Rename", "pencil", self.rename, "dvc exp rename the picked experiment"
+        )
+        self.remove_button = self._button(
+            "Remove", "trash", self.ask_remove, "dvc exp remove the picked experiments"
+        )
+        self.remote = w.Dropdown(layout=w.Layout(width="140px"))
+        self.push_button = self._button(
+            "Push",
+            "upload",
+            lambda: self.sync("push"),
+            "dvc exp push the picked to the git remote",
+        )
+        self.pull_button = self._button(
+            "Pull",
+            "download",
+            lambda: self.sync("pull"),
+            "dvc exp pull the picked from the git remote",
+        )
+        self.confirm_box = w.VBox()
+        self.confirm_box.add_class("confirm-box")
+        self.widget = w.VBox([
+            w.HTML("<h4 style='margin:8px 0 2px'>Launch</h4>"), self.form.widget,
+            w.HTML("<h4 style='margin:12px 0 2px'>Queue</h4>"),
+            w.HBox([self.jobs, self.start_button, self.stop_button, self.kill_button]),
+            self.queue_info, w.HBox([self.log_choice, self.log_button]), self.log_view,
+            w.HTML("<h4 style='margin:12px 0 2px'>Picked experiments</h4>"),
+            w.HBox([self.apply_button, self.branch_name, self.branch_button, self.new_name,
+                    self.rename_button, self.remove_button, self.remote, self.push_button,
+                    self.pull_button], layout=w.Layout(flex_flow="row wrap")),
+            self.confirm_box, self.status,
+        ])  # fmt: skip
+        self.widget.add_class("manage-panel")
+        self.update()
+
+    def _button(self, text: str, icon: str, action: Callable[[], None], tip: str) -> w.Button:
+        button = w.Button(description=text, icon=icon, tooltip=tip, layout=w.Layout(width="auto"))
+        button.add_class("action-" + text.lower().replace(" ", "-"))
+        button.on_click(lambda _: self._do(action))
+        return button
+
+    def _do(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except (DvcError, ValueError) as error:
+            self.say(str(error), error=True)
+        except Exception as error:
+            log.exception("dashboard action failed")
+            self.say(f"Unexpected {type(error).__name__}: {error}", error=True)
+
+    def say(self, message: str, error: bool = False) -> None:
+        color = "#cf222e" if error else "#1a7f37"
+        kind = "action-error" if error else "action-done"
+        self.status.value = (f"<div class='{kind}' style='color:{color};margin:6px 0'>"
+                             f"{html.escape(message)}</div>")  # fmt: skip
+
+    def _after(self) -> None:
+        """Read the repository again now (the watcher would within a second)."""
+        self.app.refresh(force=True)
+
+    # ----- launch --------------------------------------------------------------------------
+    def queue(self, launches: list[actions.Launch]) -> None:
+        self.say(f"Queueing {len(launches)} experiment(s)...")
+        names = actions.queue(self.repo, launches)
+        self.say(f"Queued {len(names)}: {', '.join(names)}. Start the queue to run them.")
+        self._after()
+
+    def run_now(self, launch: actions.Launch) -> None:
+        busy = [name for name, (process, _) in self.running.items() if process.poll() is None]
+        if busy:
+            raise ValueError(f"{busy[0]} still runs in the workspace: wait, or queue this one")
+        process, log_file = actions.run_now(self.repo, launch)
+        name = launch.name or "workspace run"
+        self.running[name] = (process, log_file)
+        self.say(f"Running {name} in the workspace (log: {log_file.relative_to(self.repo)}).")
+        threading.Thread(target=self._wait_run, args=(name,), daemon=True).start()
+
+    def _wait_run(self, name: str) -> None:
+        process, log_file = self.running[name]
+        code = process.wait()
+        if code == 0:
+            self.say(f"{name} finished.")
+        else:
+            text = log_file.read_text(errors="replace") if log_file.exists() else ""
+            self.say(f"{name} failed (exit {code}); its log:", error=True)
+            self.log_view.value = _pre(tail(text), "run-log")
+        self._after()
+
+    # ----- queue ---------------------------------------------------------------------------
+    def start_queue(self) -> None:
+        actions.queue_start(self.repo, self.jobs.value)
+        self.say(f"Queue started with {self.jobs.value} worker(s).")
+        self.update()
+
+    def stop_queue(self) -> None:
+        actions.queue_stop(self.repo)
+        self.say("Queue stopping: running experiments finish, queued ones wait.")
+        self.update()
+
+    def kill_picked(self) -> None:
+        running = self._picked_rows(states={"running"})
+        if not running:
+            raise ValueError("pick a running experiment first")
+        actions.queue_kill(self.repo, [r["name"] for r in running])
+        self.say(f"Interrupted {', '.join(r['name'] for r in running)}.")
+        self._after()
+
+    def show_log(self) -> None:
+        name = self.log_choice.value
+        if not name:
+            raise ValueError("no queued experiment has a log yet")
+        text = actions.queue_logs(self.repo, name)
+        self.log_view.value = _pre(tail(text) or f"{name} has printed nothing yet.", "queue-log")
+
+    def update(self) -> None:
+        """Queue state from the table (executor states of `dvc exp show`), logs of failures."""
+        frame = self.app.frame
+        queued = frame[frame["state"].isin(["queued", "running", "failed", "success"])
+                       & (frame["kind"] == "experiment")]  # fmt: skip
+        states = queued["state"].value_counts().to_dict()
+        parts = [f"{states.get(s, 0)} {s}" for s in ("queued", "running", "failed")]
+        queued_count, running_count = states.get("queued", 0), states.get("running", 0)
+        self.queue_info.value = (f"<span class='queue-counts' data-queued='{queued_count}' "
+                                 f"data-running='{running_count}'>Queue: "
+                                 f"{', '.join(parts)}</span>")  # fmt: skip
+        names = [n for n in queued["name"] if isinstance(n, str)]
+        with self.app.quiet():
+            current = self.log_choice.value
+            self.log_choice.options = names
+            self.log_choice.value = current if current in names else (names[0] if names else None)
+        remotes = actions.remotes(self.repo)
+        self.remote.options = remotes
+        for widget in (self.remote, self.push_button, self.pull_button):
+            widget.layout.display = None if remotes else "none"
+        self.form.load()
+
+    def failure_log(self, name: str) -> str:
+        """The tail of a failed queued experiment's log, read once."""
+        if name not in self.failure_logs:
+            try:
+                self.failure_logs[name] = tail(actions.queue_logs(self.repo, name), 20)
+            except DvcError as error:
+                self.failure_logs[name] = f"(no log: {error})"
+        return self.failure_logs[name]
+
+    # ----- actions on picked ---------------------------------------------------------------
+    def _picked_rows(self, states: set[str] | None = None) -> list[dict[str, Any]]:
+        frame = self.app.frame
+        rows = frame[frame["id"].isin(self.app.picked) & (frame["kind"] == "experiment")]
+        if states:
+            rows = rows[rows["state"].isin(states)]
+        return rows.to_dict("records")
+
+    def _one_picked(self) -> dict[str, Any]:
+        rows = self._picked_rows()
+        if len(rows) != 1:
+            raise ValueError(f"pick exactly one experiment (not a baseline or the workspace); "
+                             f"{len(rows)} picked")  # fmt: skip
+        return rows[0]
+
+    def _confirm(self, question: str, action: Callable[[], None]) -> None:
+        yes = w.Button(description="Confirm", button_style="danger", icon="check")
+        yes.add_class("confirm-yes")
+        no = w.Button(description="Cancel", icon="times")
+
+        def confirmed(_):
+            self.confirm_box.children = []
+            self._do(action)
+
+        yes.on_click(confirmed)
+        no.on_click(lambda _: setattr(self.confirm_box, "children", []))
+        text = w.HTML(f"<div class='confirm-text' style='background:#fff8c5;padding:8px;"
+                      f"border-radius:6px'>{question}</div>")  # fmt: skip
+        self.confirm_box.children = [text, w.HBox([yes, no])]
+
+    def apply_preview(self, row: dict[str, Any]) -> list[str]:
+        """The params that applying `row` changes in the workspace, as 'key: old → new'."""
+        frame = self.app.frame
+        workspace = frame[frame["kind"] == "workspace"]
+        if workspace.empty:
+            return []
+        current = workspace.iloc[0]
+        changes = []
+        for param in frame.attrs.get("params", []):
+            new, old = row.get(param), current[param]
+            if format_cell(new) != format_cell(old):
+                changes.append(f"{param}: {format_cell(old)} → {format_cell(new)}")
+        return changes
+
+    def ask_apply(self) -> None:
+        row = self._one_picked()
+        if row["state"] != "success":
+            raise ValueError(f"{row['name']} is {row['state']}: only a finished experiment can "
+                             "be applied")  # fmt: skip
+        changes = self.apply_preview(row)
+        dirty = actions.uncommitted_changes(self.repo)
+        question = (
+            f"Apply <b>{html.escape(row['name'])}</b> to the workspace? params.yaml, "
+            "dvc.lock and the outputs become the experiment's."
+        )
+        if changes:
+            items = "".join(f"<li>{html.escape(c)}</li>" for c in changes)
+            question += f"<ul class='apply-changes'>{items}</ul>"
+        else:
+            question += "<br>The params are the same as the workspace's."
+        if dirty:
+            question += ("<div class='apply-warning' style='color:#9a6700'>⚠ Uncommitted changes "
+                         f"in {html.escape(', '.join(dirty))} will be replaced; commit them "
+                         "first to keep them.</div>")  # fmt: skip
+        self._confirm(question, lambda: self._apply(row["name"]))
+
+    def _apply(self, name: str) -> None:
+        actions.apply(self.repo, name)
+        self.say(f"Applied {name}: the workspace now holds its params and outputs. Commit them "
+                 "with `git commit` (and `dvc push` to share the outputs).")  # fmt: skip
+        self._after()
+
+    def branch(self) -> None:
+        row = self._one_picked()
+        actions.branch(self.repo, row["name"], self.branch_name.value.strip())
+        self.say(f"Made branch {self.branch_name.value.strip()} from {row['name']}.")
+        self.branch_name.value = ""
+        self._after()
+
+    def rename(self) -> None:
+        row = self._one_picked()
+        new = self.new_name.value.strip()
+        actions.rename(self.repo, row["name"], new)
+        self.say(f"Renamed {row['name']} to {new}.")
+        self.new_name.value = ""
+        self._after()
+
+    def ask_remove(self) -> None:
+        rows = self._picked_rows()
+        if not rows:
+            raise ValueError("pick the experiments to remove first")
+        names = [r["name"] for r in rows]
+        question = (
+            f"Remove {len(names)} experiment(s): <b>{html.escape(', '.join(names))}</b>? "
+            "Their git refs go; outputs stay in the DVC cache until `dvc gc`."
+        )
+        self._confirm(question, lambda: self._remove(names))
+
+    def _remove(self, names: list[str]) -> None:
+        actions.remove(self.repo, names)
+        self.say(f"Removed {', '.join(names)}.")
+        self._after()
+
+    def sync(self, direction: str) -> None:
+        rows = self._picked_rows()
+        if not rows:
+            raise ValueError(f"pick the experiments to {direction} first")
+        names = [r["name"] for r in rows]
+        getattr(actions, direction)(self.repo, self.remote.value, names)
+        self.say(f"{direction.title()}ed {', '.join(names)} ({self.remote.value}).")
+        self._after()

@@ -1,0 +1,141 @@
+"""Launching and managing experiments from the dashboard, in-process, on real DVC repositories
+of the quick pipeline with the real DVC queue: queue a grid, start the queue, see each state,
+apply, rename, branch and remove; a failing stage and an interrupted run reported truthfully."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dashboard import actions
+from dashboard.app import Dashboard
+from tests.quick_repo import make_quick_repo, run
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def states(app: Dashboard) -> dict[str, str]:
+    experiments = app.frame[app.frame["kind"] == "experiment"]
+    return dict(zip(experiments["name"], experiments["state"], strict=True))
+
+
+def wait_for(app: Dashboard, condition: Callable[[], bool], timeout: float = 180) -> None:
+    """Refresh the app (as its watcher would) until `condition` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        app.refresh()
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"gave up waiting; states: {states(app)}")
+
+
+def stop_queue(repo: Path) -> None:
+    with contextlib.suppress(actions.DvcError):
+        actions.queue_stop(repo, kill=True)
+
+
+@pytest.fixture
+def app(tmp_path: Path):
+    repo = make_quick_repo(tmp_path / "repo")
+    dashboard = Dashboard(repo, watch=False)
+    yield dashboard
+    stop_queue(repo)
+
+
+def test_queue_a_grid_run_it_and_apply_one(app: Dashboard):
+    manage, repo = app.manage, app.store.path
+    manage.form.inputs["train_lora.rank"].value = "8, 16"
+    manage.form.name.value = "grid"
+    manage.form.queue_button.click()
+    assert "Queued 2: grid-1, grid-2" in manage.status.value
+    assert states(app) == {"grid-1": "queued", "grid-2": "queued"}
+    assert "data-queued='2'" in manage.queue_info.value
+    manage.start_button.click()
+    assert "Queue started" in manage.status.value, manage.status.value
+    wait_for(app, lambda: states(app) == {"grid-1": "success", "grid-2": "success"})
+    ranks = app.frame.set_index("name")["train_lora.rank"]
+    assert (ranks["grid-1"], ranks["grid-2"]) == (8, 16)
+    assert app.frame.set_index("name").loc["grid-2", "type_fidelity_lora"] > 0
+
+    app.pick(["grid-2"])
+    manage.apply_button.click()
+    question = html.unescape(manage.confirm_box.children[0].value)
+    assert "Apply grid-2" in question.replace("<b>", "").replace("</b>", "")
+    assert "train_lora.rank: 4 → 16" in question
+    manage.confirm_box.children[1].children[0].click()  # Confirm
+    assert "Applied grid-2" in manage.status.value, manage.status.value
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["train_lora"]["rank"] == 16
+    workspace = app.frame[app.frame["kind"] == "workspace"].iloc[0]
+    assert workspace["train_lora.rank"] == 16
+
+    app.pick(["grid-1"])
+    manage.new_name.value = "rank-eight"
+    manage.rename_button.click()
+    assert "Renamed grid-1 to rank-eight" in manage.status.value, manage.status.value
+    app.pick(["rank-eight"])
+    manage.branch_name.value = "rank-eight-branch"
+    manage.branch_button.click()
+    assert "rank-eight-branch" in run(repo, "git", "branch", "--list")
+    manage.ask_remove()
+    assert "rank-eight" in manage.confirm_box.children[0].value
+    manage.confirm_box.children[1].children[0].click()
+    assert set(states(app)) == {"grid-2"}
+
+
+def test_apply_warns_of_uncommitted_changes(app: Dashboard):
+    repo = app.store.path
+    actions.queue(repo, [actions.Launch({"train_lora.rank": 8}, "eight")])
+    app.manage.start_queue()
+    wait_for(app, lambda: states(app) == {"eight": "success"})
+    (repo / "stage.py").write_text((repo / "stage.py").read_text() + "\n# edited\n")
+    app.pick(["eight"])
+    app.manage.apply_button.click()
+    warning = app.manage.confirm_box.children[0].value
+    assert "Uncommitted changes" in warning and "stage.py" in warning
+    app.manage.confirm_box.children[1].children[1].click()  # Cancel
+    assert app.manage.confirm_box.children == ()
+    assert "edited" in (repo / "stage.py").read_text()
+
+
+def test_a_failing_stage_and_an_interrupted_run_are_reported(app: Dashboard):
+    repo, manage = app.store.path, app.manage
+    actions.queue(repo, [
+        actions.Launch({"train_lora.rank": 0}, "broken"),  # the stage exits with an error
+        actions.Launch({"train_lora.max_steps": 20000}, "slow"),  # 10 s: time to interrupt it
+        actions.Launch({"train_lora.rank": 2}, "fine"),
+    ])  # fmt: skip
+    manage.jobs.value = 2
+    manage.start_button.click()
+    wait_for(app, lambda: states(app).get("slow") == "running")
+    app.pick(["slow"])
+    manage.kill_button.click()
+    assert "Interrupted slow" in manage.status.value, manage.status.value
+    wait_for(app, lambda: set(states(app).values()) <= {"success", "failed"}
+             and len(states(app)) == 3)  # fmt: skip
+    assert states(app) == {"broken": "failed", "slow": "failed", "fine": "success"}
+    app.apply_view()
+    assert "broken" in app.count.value and "must be positive" in html.unescape(app.count.value)
+    assert "failed" in app.count.value
+    app.table.sort = {"column": "name", "descending": False}  # the page keeps working
+    assert [app.table.row_info[i]["name"] for i in app.table.order][:3] == ["broken", "fine",
+                                                                            "main"]  # fmt: skip
+    assert app.frame.set_index("name").loc["fine", "train_lora.rank"] == 2
+
+
+def test_values_reach_dvc_as_literal_strings(app: Dashboard, tmp_path: Path):
+    repo = app.store.path
+    marker = tmp_path / "pwned"
+    value = f"$(touch {marker}); `touch {marker}`"
+    actions.queue(repo, [actions.Launch({"train_lora.validation_prompt": value}, "literal")])
+    app.refresh(force=True)
+    row = app.frame.set_index("name").loc["literal"]
+    assert row["train_lora.validation_prompt"] == value
+    assert not marker.exists()
