@@ -38,11 +38,11 @@ from dashboard.data import (
 )
 from dashboard.dvc_cli import DvcError
 from dashboard.manage import ManagePanel
-from dashboard.store import WORKSPACE, ExperimentStore, Plots
+from dashboard.store import QUEUE_REF, WORKSPACE, ExperimentStore, Plots
 from dashboard.widgets import ExperimentTable, Gallery, image_uri
 
 log = logging.getLogger("dashboard")
-SHOWN_FIXED = ["name", "state", "created"]
+SHOWN_FIXED = ["name", "state", "created"]  # id, parent, error and pid are not shown
 KEY_METRICS = ["type_fidelity_lora", "lift", "f1"]
 PREFERRED_CURVE = "train_lora/plots/metrics/loss"
 PREFERRED_X = ["train_lora.rank", "train_lora.learning_rate"]
@@ -253,7 +253,8 @@ class Dashboard:
         if signature == self.signature and not force:
             return False
         start = time.perf_counter()
-        frame = self.store.experiments(all_commits=self.all_commits.value)
+        busy = QUEUE_REF in signature or self.frame["state"].isin(["queued", "running"]).any()
+        frame = self.store.experiments(self.all_commits.value, queue_busy=bool(busy))
         self.read_seconds = time.perf_counter() - start
         self.signature = signature
         self.set_frame(frame)
@@ -420,7 +421,7 @@ class Dashboard:
         if experiments.empty:
             text += (" · <i>No experiments yet: make one with <code>dvc exp run -S "
                      "train_lora.rank=8</code> (see the README).</i>")  # fmt: skip
-        failed = experiments[experiments["state"] == "failed"]
+        failed = experiments[experiments["state"].isin(["failed", "lost"])]
         for row in failed.itertuples():
             log_tail = ""
             if self.manage is not None and row.name in set(self.manage.log_choice.options):
@@ -430,7 +431,8 @@ class Dashboard:
                 )
             text += (
                 f"<div class='failed-experiment' style='color:#cf222e'>✖ {html.escape(row.name)}"
-                f" failed: {html.escape(row.error or 'no error message from DVC')}{log_tail}</div>"
+                f" {row.state}: {html.escape(row.error or 'no error message from DVC')}{log_tail}"
+                "</div>"
             )
         self.count.value = text
         self.status.value = (f"<span style='color:#57606a'>read in {self.read_seconds:.2f} s at "

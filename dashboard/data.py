@@ -2,8 +2,9 @@
 pandas DataFrames and image paths. Pure parsers; no widgets, no torch, no diffusers.
 
 Columns of the experiments frame: `id`, `name`, `kind` (workspace, baseline, experiment),
-`state` (workspace, success, failed, queued, running), `created`, `parent` (the baseline's id),
-`error`, then one column per param (`train_lora.rank`), per metric (`lift`, or
+`state` (workspace, success, failed, queued, running, lost), `created`, `parent` (the baseline's
+id), `error`, `pid` (the process of a running queue task), then one column per param
+(`train_lora.rank`), per metric (`lift`, or
 `train_classifier/step` where two metrics files share a name) and per dependency
 (`dep:stages/train_lora.py`, its hash). `frame.attrs` lists which columns are which.
 """
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-FIXED_COLUMNS = ["id", "name", "kind", "state", "created", "parent", "error"]
+FIXED_COLUMNS = ["id", "name", "kind", "state", "created", "parent", "error", "pid"]
 DEP_PREFIX = "dep:"
 
 
@@ -88,6 +89,7 @@ def _row(entry: Mapping[str, Any], kind: str, parent: str | None, executor, name
         "created": data.get("timestamp"),
         "parent": parent,
         "error": error,
+        "pid": ((executor or {}).get("local") or {}).get("pid"),  # of a running queue task
     }
     for values in _file_data(data.get("params")).values():
         row.update(values)
@@ -104,7 +106,12 @@ def _entries(exp_show: list[Mapping[str, Any]]):
         kind = "workspace" if commit["rev"] == "workspace" else "baseline"
         yield commit, kind, None, None
         for experiment in commit.get("experiments") or []:
-            for revision in experiment.get("revs") or []:
+            # One row per experiment: its first revision. A running queue task lists a second,
+            # unnamed one (the executor's work in progress), which is not an experiment.
+            revisions = experiment.get("revs") or []
+            if revisions:
+                revision = dict(revisions[0])
+                revision.setdefault("name", experiment.get("name"))
                 yield revision, "experiment", commit["rev"], experiment.get("executor")
 
 
@@ -370,3 +377,20 @@ def generated_images(images: Mapping[tuple[str, str], str]) -> pd.DataFrame:
                          "seed": int(match["seed"]), "file": file})  # fmt: skip
     columns = ["rev", "kind", "prompt", "seed", "file"]
     return pd.DataFrame(rows, columns=columns).sort_values(["prompt", "seed", "rev", "kind"])
+
+
+def mark_lost(frame: pd.DataFrame, alive) -> pd.DataFrame:
+    """Rows that DVC calls running but whose process `alive(pid)` says is gone get the state
+    "lost" and an error saying so: DVC keeps such a task "Running" for ever when its queue
+    worker was killed, and its result is never collected."""
+    running = frame["state"] == "running"
+    for index in frame.index[running]:
+        pid = frame.at[index, "pid"]
+        if pid is None or pd.isna(pid) or alive(int(pid)):
+            continue
+        frame.at[index, "state"] = "lost"
+        frame.at[index, "error"] = (
+            f"its run stopped without a result (process {int(pid)} is gone: the queue worker "
+            "was killed or the machine restarted); remove it and queue it again"
+        )
+    return frame

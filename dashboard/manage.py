@@ -195,10 +195,13 @@ class ManagePanel:
     def update(self) -> None:
         """Queue state from the table (executor states of `dvc exp show`), logs of failures."""
         frame = self.app.frame
-        queued = frame[frame["state"].isin(["queued", "running", "failed", "success"])
+        queued = frame[frame["state"].isin(["queued", "running", "failed", "success", "lost"])
                        & (frame["kind"] == "experiment")]  # fmt: skip
         states = queued["state"].value_counts().to_dict()
-        parts = [f"{states.get(s, 0)} {s}" for s in ("queued", "running", "failed")]
+        parts = [f"{states.get(s, 0)} {s}" for s in ("queued", "running", "failed", "lost")
+                 if s != "lost" or states.get(s)]  # fmt: skip
+        if states.get("queued") and not states.get("running"):
+            parts.append("none running: start the queue to run the queued ones")
         queued_count, running_count = states.get("queued", 0), states.get("running", 0)
         self.queue_info.value = (f"<span class='queue-counts' data-queued='{queued_count}' "
                                  f"data-running='{running_count}'>Queue: "

@@ -31,12 +31,15 @@ from dashboard.data import (
     generated_images,
     image_files,
     line_plots,
+    mark_lost,
 )
 from dashboard.dvc_cli import DvcError, run_dvc_json
 
 WORKSPACE = "workspace"
 # Files whose change means the workspace row or the set of experiments changed.
 WATCHED = ["params.yaml", "dvc.lock", "dvc.yaml"]
+BUSY_TIMEOUT = 15.0  # seconds for `dvc exp show` while the queue runs (then try again)
+QUEUE_REF = "refs/exps/celery/stash"  # exists while experiments wait in the queue
 
 
 @dataclass
@@ -146,13 +149,23 @@ class ExperimentStore:
                 # The thread cannot be killed; the next read waits for it on the pool.
                 raise DvcError(f"{what} took longer than {self.timeout:g} s") from None
 
-    def exp_show(self, all_commits: bool = False) -> list[dict[str, Any]]:
-        """The JSON of `dvc exp show --json` (`-A` with all_commits)."""
+    def exp_show(
+        self, all_commits: bool = False, queue_busy: bool = False
+    ) -> list[dict[str, Any]]:
+        """The JSON of `dvc exp show --json` (`-A` with all_commits). In-process while the
+        queue is idle; through the CLI, killed after BUSY_TIMEOUT s, while it has work: there
+        `exp show` can block on the running task, and an in-process read that blocks cannot
+        be stopped (the queue's worker then stalled behind it in our tests)."""
         self.check()
+        if queue_busy:
+            args = ["exp", "show", *(["-A"] if all_commits else [])]
+            timeout = min(self.timeout, BUSY_TIMEOUT)
+            return self._call("dvc exp show", run_dvc_json, args, self.path, timeout)
         return self._call("dvc exp show", _exp_show_in_process, self.path, all_commits)
 
-    def experiments(self, all_commits: bool = False) -> pd.DataFrame:
-        return experiments_frame(self.exp_show(all_commits))
+    def experiments(self, all_commits: bool = False, queue_busy: bool = False) -> pd.DataFrame:
+        frame = experiments_frame(self.exp_show(all_commits, queue_busy))
+        return mark_lost(frame, _alive)
 
     def inside(self, file: str | Path) -> Path:
         """`file` resolved, or DvcError when it is not inside the repository (or the plots
@@ -181,6 +194,21 @@ class ExperimentStore:
             for rev, part in _split(Plots.parse(data), todo, reason).items():
                 self._plots[rev] = part
         return Plots.merge(self._plots[rev] for rev in revs)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
 
 
 def _split(plots: Plots, revs: list[str], reason: str) -> dict[str, Plots]:

@@ -235,7 +235,7 @@ def test_a_new_experiment_appears_on_its_own(tmp_path: Path):
 def test_the_dashboard_never_imports_torch(repo: Path):
     code = (
         "import sys; from dashboard import Dashboard; Dashboard(sys.argv[1], watch=False); "
-        "names = ('torch', 'diffusers', 'transformers', 'stages'); "
+        "names = ('torch', 'diffusers', 'transformers', 'peft'); "
         "heavy = [m for m in names if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )

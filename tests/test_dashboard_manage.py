@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import html
+import math
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -139,3 +142,59 @@ def test_values_reach_dvc_as_literal_strings(app: Dashboard, tmp_path: Path):
     row = app.frame.set_index("name").loc["literal"]
     assert row["train_lora.validation_prompt"] == value
     assert not marker.exists()
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.slow
+def test_twenty_queued_at_once_with_a_failing_stage(app: Dashboard):
+    """Twenty experiments queued at once, one stage fails: each state is reported as it is, and
+    every result is its own. One worker: with `-j 2`, DVC 3.67's queue left two tasks running
+    for ever after a few experiments on this machine (see the README)."""
+    manage = app.manage
+    rates = {f"q-{n:02d}": round(1e-5 * n, 8) for n in range(1, 20)}
+    launches = [
+        actions.Launch({"train_lora.learning_rate": lr}, name) for name, lr in rates.items()
+    ]
+    launches.insert(3, actions.Launch({"train_lora.rank": 0}, "broken"))
+    manage.queue(launches)
+    assert len(states(app)) == 20 and set(states(app).values()) == {"queued"}
+    assert "data-queued='20'" in manage.queue_info.value
+    manage.start_button.click()
+    wait_for(app, lambda: set(states(app).values()) <= {"success", "failed"}, timeout=500)
+    final = states(app)
+    assert final.pop("broken") == "failed"
+    assert final == dict.fromkeys(rates, "success")
+    rows = app.frame.set_index("name")
+    for name, lr in rates.items():  # each result is its own: the quick stage's formula
+        speed = min(0.5, lr * 400) * (1 + math.log2(4) / 4)
+        assert rows.loc[name, "train_lora.learning_rate"] == pytest.approx(lr)
+        assert rows.loc[name, "type_fidelity_lora"] == pytest.approx(
+            min(1.0, 0.2 + speed), abs=1e-4
+        )
+    app.apply_view()
+    text = html.unescape(app.count.value)
+    assert "broken failed" in text and "must be positive" in text
+    assert "19 success" in text and "1 failed" in text
+
+
+def test_a_killed_queue_worker_leaves_its_experiment_lost_not_running(app: Dashboard):
+    manage = app.manage
+    manage.queue([
+        actions.Launch({"train_lora.max_steps": 20000}, "slow"),  # 10 s: time to kill its worker
+        actions.Launch({"train_lora.rank": 2}, "a"),
+        actions.Launch({"train_lora.rank": 8}, "b"),
+    ])  # fmt: skip
+    manage.jobs.value = 2
+    manage.start_button.click()
+    wait_for(app, lambda: states(app).get("slow") == "running")
+    pid = app.frame.set_index("name").loc["slow", "pid"]
+    os.kill(_parent(int(pid)), signal.SIGKILL)  # the queue worker running `slow`
+    wait_for(app, lambda: states(app) == {"slow": "lost", "a": "success", "b": "success"})
+    app.apply_view()
+    assert "slow lost: its run stopped without a result" in html.unescape(app.count.value)
+    assert "1 lost" in manage.queue_info.value
+    rows = app.frame.set_index("name")
+    assert (rows.loc["a", "train_lora.rank"], rows.loc["b", "train_lora.rank"]) == (2, 8)
