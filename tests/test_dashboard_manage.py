@@ -151,8 +151,7 @@ def _parent(pid: int) -> int:
 @pytest.mark.slow
 def test_twenty_queued_at_once_with_a_failing_stage(app: Dashboard):
     """Twenty experiments queued at once, one stage fails: each state is reported as it is, and
-    every result is its own. One worker: with `-j 2`, DVC 3.67's queue left two tasks running
-    for ever after a few experiments on this machine (see the README)."""
+    every result is its own (one worker: two would only compete for the 2 cores)."""
     manage = app.manage
     rates = {f"q-{n:02d}": round(1e-5 * n, 8) for n in range(1, 20)}
     launches = [
