@@ -243,3 +243,16 @@ def test_the_dashboard_never_imports_torch(repo: Path):
         [sys.executable, "-c", code, str(repo)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_files_outside_the_repository_are_never_shown(app: Dashboard, tmp_path: Path):
+    from dashboard.dvc_cli import DvcError
+
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"x")
+    with pytest.raises(DvcError, match="outside the repository"):
+        app.store.inside(outside)
+    with pytest.raises(DvcError, match="outside the repository"):
+        app.store.inside(app.store.path / ".." / "elsewhere.png")
+    inside = app.store.path / "outputs" / "generated"
+    assert app.store.inside(inside) == inside.resolve()
