@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -152,22 +151,13 @@ def measure(repo: Path, count: int, browser, log: Path) -> dict[str, float]:
             f"document.querySelectorAll('.gl-col').length === 4 && {labels} && {legend}",
         )
         experiments = int(page.get_attribute(".experiment-count", "data-experiments"))
-        subprocess.run(
-            ["dvc", "exp", "run", "-q", "-n", "fresh", "-S", "train_lora.rank=2"],
-            cwd=repo, check=True, capture_output=True, env=_env(),
-        )  # fmt: skip
+        exp_run(repo, "fresh", "train_lora.rank=2")
         figures["new experiment in the table after `dvc exp run` returns"] = timed(
             page, "", f"document.querySelector('.experiment-count')?.dataset.experiments === "
             f"'{experiments + 1}'",
         )  # fmt: skip
         context.close()
     return figures
-
-
-def _env() -> dict[str, str]:
-    from tests.quick_repo import env
-
-    return env()
 
 
 def main() -> None:

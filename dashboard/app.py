@@ -307,9 +307,7 @@ class Dashboard:
         differing = differing_columns(self.frame, numeric) or numeric
         x = next((p for p in PREFERRED_X if p in differing), differing[0] if differing else None)
         self._set_options(self.x_choice, differing, x)
-        metrics = attrs.get("metrics", [])
-        y = next((m for m in KEY_METRICS if m in metrics), metrics[0] if metrics else None)
-        self._set_options(self.y_choice, metrics, y)
+        self._set_options(self.y_choice, attrs.get("metrics", []), self.key_metric())
 
     def _set_options(
         self, dropdown: w.Dropdown, options: list[str], preferred: str | None

@@ -260,10 +260,6 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, default=str, sort_keys=True)
 
 
-def _same(a: Any, b: Any) -> bool:
-    return _canonical(a) == _canonical(b)
-
-
 def _comparable(values: pd.Series) -> pd.Series:
     """Values that compare equal exactly when the cells hold the same value: numbers as they
     are (fast), anything else as canonical text."""

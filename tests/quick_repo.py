@@ -4,30 +4,22 @@ dashboard's tests and benchmark: real git, real `dvc repro` and `dvc exp run`, i
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from dashboard.dvc_cli import dvc_env
 from tests.conftest import REPO, default_params, merged
 
 QUICK = Path(__file__).parent / "quick_pipeline"
 QUICK_PARAMS = {"resize": {"size": 48}, "train_lora": {"max_steps": 40}}
 
 
-def env() -> dict[str, str]:
-    variables = os.environ.copy()
-    variables["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{variables.get('PATH', '')}"
-    variables["DVC_NO_ANALYTICS"] = "1"
-    return variables
-
-
 def run(repo: Path, *command: str, timeout: float = 300) -> str:
     result = subprocess.run(
-        command, cwd=repo, env=env(), capture_output=True, text=True, timeout=timeout,
+        command, cwd=repo, env=dvc_env(), capture_output=True, text=True, timeout=timeout,
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
     if result.returncode != 0:
@@ -70,7 +62,7 @@ def clone_experiments(repo: Path, template: str, count: int) -> list[str]:
     folder = ref.rsplit("/", 1)[0]
     names = []
     tmp_index = repo / ".git" / "bench-index"
-    plumbing_env = env() | {"GIT_INDEX_FILE": str(tmp_index)}
+    plumbing_env = dvc_env() | {"GIT_INDEX_FILE": str(tmp_index)}
 
     def git(*args: str, stdin: str | None = None) -> str:
         return subprocess.run(
