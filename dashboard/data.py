@@ -100,19 +100,42 @@ def _row(entry: Mapping[str, Any], kind: str, parent: str | None, executor, name
     return row
 
 
+# When one name is listed twice under a baseline, the entry that keeps it: a finished run over
+# a running one over a queued one.
+_STATE_RANK = {"queued": 0, "running": 1}
+
+
+def _experiments(commit: Mapping[str, Any]) -> list[tuple[dict, Any]]:
+    """(first revision, executor) of each experiment of one baseline, one per name. For a moment
+    after a queue task ends DVC lists it twice: still running (its queue entry) and finished
+    (its new ref); the finished one is the experiment."""
+    kept: dict[Any, tuple[dict, Any]] = {}
+    for experiment in commit.get("experiments") or []:
+        # One row per experiment: its first revision. A running queue task lists a second,
+        # unnamed one (the executor's work in progress), which is not an experiment.
+        revisions = experiment.get("revs") or []
+        if not revisions:
+            continue
+        revision = dict(revisions[0])
+        revision.setdefault("name", experiment.get("name"))
+        executor = experiment.get("executor")
+        key = revision["name"] or revision["rev"]
+        state = (executor or {}).get("state")
+        if key in kept:
+            other = (kept[key][1] or {}).get("state")
+            if _STATE_RANK.get(state, 2) < _STATE_RANK.get(other, 2):
+                continue
+        kept[key] = (revision, executor)
+    return list(kept.values())
+
+
 def _entries(exp_show: list[Mapping[str, Any]]):
     """(entry, kind, parent id, executor) for every row: baselines, then their experiments."""
     for commit in exp_show:
         kind = "workspace" if commit["rev"] == "workspace" else "baseline"
         yield commit, kind, None, None
-        for experiment in commit.get("experiments") or []:
-            # One row per experiment: its first revision. A running queue task lists a second,
-            # unnamed one (the executor's work in progress), which is not an experiment.
-            revisions = experiment.get("revs") or []
-            if revisions:
-                revision = dict(revisions[0])
-                revision.setdefault("name", experiment.get("name"))
-                yield revision, "experiment", commit["rev"], experiment.get("executor")
+        for revision, executor in _experiments(commit):
+            yield revision, "experiment", commit["rev"], executor
 
 
 def experiments_frame(exp_show: list[Mapping[str, Any]]) -> pd.DataFrame:

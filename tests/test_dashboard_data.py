@@ -48,6 +48,29 @@ def test_one_row_per_workspace_baseline_and_experiment():
     assert isinstance(by_name.loc["rank-8", "created"], pd.Timestamp)
 
 
+def test_a_task_listed_as_running_and_finished_is_one_finished_row():
+    """For a moment after a queue task ends, `dvc exp show` lists it twice: running (the queue
+    entry, with the executor's work in progress as a second revision) and finished (its ref)."""
+    data = load("exp_show.json")
+    experiments = data[1]["experiments"]
+    finished = next(e for e in experiments if e["name"] == "rank-8")
+    running = {
+        "name": "rank-8",
+        "executor": {"state": "running", "name": "dvc-task", "local": {"pid": 1}},
+        "revs": [
+            {**finished["revs"][0], "rev": "a" * 40, "name": "rank-8"},
+            {**finished["revs"][0], "rev": "b" * 40, "name": None},
+        ],
+    }
+    for order in ([running, *experiments], [*experiments, running]):
+        data[1]["experiments"] = order
+        frame = experiments_frame(data)
+        rows = frame[frame["name"] == "rank-8"]
+        assert len(rows) == 1 and len(frame) == 5
+        assert rows.iloc[0]["state"] == "success"
+        assert rows.iloc[0]["id"] == finished["revs"][0]["rev"]
+
+
 def test_columns_for_every_param_metric_and_dep():
     frame = experiments_frame(load("exp_show.json"))
     assert {"train_lora.rank", "generate.seeds", "model.tiny.unet_steps"} <= set(

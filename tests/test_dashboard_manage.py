@@ -25,6 +25,7 @@ pytestmark = pytest.mark.timeout(600)
 
 def states(app: Dashboard) -> dict[str, str]:
     experiments = app.frame[app.frame["kind"] == "experiment"]
+    assert experiments["name"].is_unique, experiments[["name", "state"]]
     return dict(zip(experiments["name"], experiments["state"], strict=True))
 
 
