@@ -105,6 +105,12 @@ def short_name(param: str, params: list[str]) -> str:
     return key if sum(p.rsplit(".", 1)[-1] == key for p in params) == 1 else param
 
 
+def active_baselines(frame: pd.DataFrame) -> set[str]:
+    """The baseline commits of queued and running experiments."""
+    active = frame[frame["state"].isin(["queued", "running"]) & frame["parent"].notna()]
+    return set(active["parent"])
+
+
 class Dashboard:
     """The app over the DVC repository at `repo` (default: found from here upwards)."""
 
@@ -116,6 +122,9 @@ class Dashboard:
         self.picked: list[str] = []
         self.plots = Plots()
         self.signature = ""
+        # Commits whose experiments stay listed after HEAD moves on: those that had queued or
+        # running experiments (they belong to the commit they were queued on).
+        self.kept_baselines: set[str] = set()
         self.read_seconds = 0.0
         self._busy = threading.RLock()
         self._quiet = 0
@@ -254,7 +263,11 @@ class Dashboard:
             return False
         start = time.perf_counter()
         busy = QUEUE_REF in signature or self.frame["state"].isin(["queued", "running"]).any()
-        frame = self.store.experiments(self.all_commits.value, queue_busy=bool(busy))
+        self.kept_baselines |= active_baselines(self.frame)
+        frame = self.store.experiments(
+            self.all_commits.value, queue_busy=bool(busy), baselines=sorted(self.kept_baselines)
+        )
+        self.kept_baselines |= active_baselines(frame)
         self.read_seconds = time.perf_counter() - start
         self.signature = signature
         self.set_frame(frame)

@@ -150,21 +150,28 @@ class ExperimentStore:
                 raise DvcError(f"{what} took longer than {self.timeout:g} s") from None
 
     def exp_show(
-        self, all_commits: bool = False, queue_busy: bool = False
+        self, all_commits: bool = False, queue_busy: bool = False, baselines: Iterable[str] = ()
     ) -> list[dict[str, Any]]:
-        """The JSON of `dvc exp show --json` (`-A` with all_commits). In-process while the
-        queue is idle; through the CLI, killed after BUSY_TIMEOUT s, while it has work: there
-        `exp show` can block on the running task, and an in-process read that blocks cannot
-        be stopped (the queue's worker then stalled behind it in our tests)."""
+        """The JSON of `dvc exp show --json` for HEAD and `baselines` (`-A` with all_commits).
+        In-process while the queue is idle; through the CLI, killed after BUSY_TIMEOUT s, while
+        it has work: there `exp show` can block on the running task, and an in-process read
+        that blocks cannot be stopped (the queue's worker then stalled behind it in our
+        tests)."""
         self.check()
+        revs = list(dict.fromkeys(["HEAD", *baselines]))
         if queue_busy:
             args = ["exp", "show", *(["-A"] if all_commits else [])]
+            args += [arg for rev in revs for arg in ("--rev", rev)]
             timeout = min(self.timeout, BUSY_TIMEOUT)
             return self._call("dvc exp show", run_dvc_json, args, self.path, timeout)
-        return self._call("dvc exp show", _exp_show_in_process, self.path, all_commits)
+        return self._call("dvc exp show", _exp_show_in_process, self.path, all_commits, revs)
 
-    def experiments(self, all_commits: bool = False, queue_busy: bool = False) -> pd.DataFrame:
-        frame = experiments_frame(self.exp_show(all_commits, queue_busy))
+    def experiments(
+        self, all_commits: bool = False, queue_busy: bool = False, baselines: Iterable[str] = ()
+    ) -> pd.DataFrame:
+        """One row per experiment of HEAD and of `baselines` (commits that HEAD has left while
+        their experiments were queued or running), or of every commit with `all_commits`."""
+        frame = experiments_frame(self.exp_show(all_commits, queue_busy, baselines))
         return mark_lost(frame, _alive)
 
     def inside(self, file: str | Path) -> Path:
@@ -259,7 +266,7 @@ def _plots_diff(path: Path, revs: list[str], out: Path, timeout: float) -> dict[
     return json.loads(json.dumps(printed[0], default=str))
 
 
-def _exp_show_in_process(path: Path, all_commits: bool) -> list[dict[str, Any]]:
+def _exp_show_in_process(path: Path, all_commits: bool, revs: list[str]) -> list[dict[str, Any]]:
     try:
         from dvc.commands.experiments.show import _format_json
         from dvc.exceptions import DvcException
@@ -268,7 +275,7 @@ def _exp_show_in_process(path: Path, all_commits: bool) -> list[dict[str, Any]]:
         raise DvcError(f"cannot import dvc ({error}): run `make setup`") from None
     try:
         with _dvc_in_process(), Repo(str(path)) as repo:
-            exps = repo.experiments.show(all_commits=all_commits)
+            exps = repo.experiments.show(revs=revs, all_commits=all_commits)
             return json.loads(json.dumps([e.dumpd() for e in exps], default=_format_json))
     except DvcException as error:
         raise DvcError(f"dvc exp show failed: {error}") from None

@@ -94,6 +94,31 @@ def test_queue_a_grid_run_it_and_apply_one(app: Dashboard):
     assert set(states(app)) == {"grid-2"}
 
 
+def test_experiments_stay_listed_when_head_moves_while_they_run(app: Dashboard):
+    """Experiments belong to the commit they were queued on; a commit made meanwhile moves HEAD,
+    and `dvc exp show` (HEAD's experiments) would drop them from the table."""
+    repo, manage = app.store.path, app.manage
+    manage.queue([actions.Launch({"train_lora.rank": r}, f"r{r}") for r in (2, 8)])
+    queued_on = app.frame.set_index("name").loc["r2", "parent"]
+    (repo / "notes.txt").write_text("a commit made while experiments are queued\n")
+    run(repo, "git", "add", "notes.txt")
+    run(repo, "git", "commit", "-qm", "notes")
+    app.refresh()
+    assert states(app) == {"r2": "queued", "r8": "queued"}
+    manage.start_button.click()
+    wait_for(app, lambda: states(app) == {"r2": "success", "r8": "success"})
+    rows = app.frame.set_index("name")
+    assert set(rows.loc[["r2", "r8"], "parent"]) == {queued_on}
+    assert rows.loc["r8", "train_lora.rank"] == 8
+    baselines = app.frame[app.frame["kind"] == "baseline"]
+    assert len(baselines) == 2 and queued_on in set(baselines["id"])
+    # a fresh page shows HEAD's experiments only (none yet); "all branches and commits" has them
+    fresh = Dashboard(repo, watch=False)
+    assert states(fresh) == {}
+    fresh.all_commits.value = True
+    assert states(fresh) == {"r2": "success", "r8": "success"}
+
+
 def test_apply_warns_of_uncommitted_changes(app: Dashboard):
     repo = app.store.path
     actions.queue(repo, [actions.Launch({"train_lora.rank": 8}, "eight")])
