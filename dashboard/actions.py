@@ -18,6 +18,7 @@ from dashboard.dvc_cli import DvcError, dvc_env, dvc_executable, run_dvc
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 LOGS = Path(".dvc") / "tmp" / "dashboard"
+EXPERIMENT_REF = re.compile(r"^refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/[^/]+$")
 
 
 def yaml_value(value: Any) -> str:
@@ -171,13 +172,55 @@ def remotes(repo: Path) -> list[str]:
     return result.stdout.split()
 
 
+def dvc_remote(repo: Path) -> str | None:
+    """The default DVC remote, where `dvc exp push` sends the outputs and `pull` fetches them;
+    None when there is none (then only the git refs travel: params, metrics, plots files)."""
+    from dvc.config import Config, ConfigError
+
+    try:
+        return Config(dvc_dir=str(repo / ".dvc"))["core"].get("remote")
+    except ConfigError:
+        return None  # a broken config: the dvc command itself says what is wrong
+
+
+NO_DVC_REMOTE = (
+    "The outputs (images, LoRA weights) stayed in this repository's cache: there is no default "
+    "DVC remote. Add one with `dvc remote add -d storage <url>`, then push again."
+)
+
+
+def _check_remote(repo: Path, remote: str) -> None:
+    if remote not in remotes(repo):
+        raise DvcError(f"no git remote {remote!r}: add one with `git remote add {remote} <url>`")
+
+
 def push(repo: Path, remote: str, names: list[str]) -> str:
-    if remote not in remotes(repo):
-        raise DvcError(f"no git remote {remote!r}: add one with `git remote add {remote} <url>`")
-    return run_dvc(["exp", "push", remote, *names], repo, timeout=600)
+    """`dvc exp push REMOTE NAMES`: the experiments' git refs to the git remote and their
+    outputs to the default DVC remote. Returns what to tell the user."""
+    _check_remote(repo, remote)
+    said = run_dvc(["exp", "push", remote, *names], repo, timeout=600).strip()
+    return said if dvc_remote(repo) else f"{said} {NO_DVC_REMOTE}"
 
 
-def pull(repo: Path, remote: str, names: list[str]) -> str:
-    if remote not in remotes(repo):
-        raise DvcError(f"no git remote {remote!r}: add one with `git remote add {remote} <url>`")
-    return run_dvc(["exp", "pull", remote, *names], repo, timeout=600)
+def pull(repo: Path, remote: str) -> str:
+    """`dvc exp pull REMOTE`: every experiment of HEAD that the git remote holds (a teammate's
+    too), with their outputs from the default DVC remote. Returns what to tell the user."""
+    _check_remote(repo, remote)
+    before = experiment_refs(repo)
+    run_dvc(["exp", "pull", remote], repo, timeout=600)
+    after = experiment_refs(repo)
+    names = sorted(ref.rsplit("/", 1)[1] for ref, sha in after.items() if before.get(ref) != sha)
+    if not names:
+        return f"Nothing new to pull: {remote} has no other experiments of this commit."
+    fetched = "" if dvc_remote(repo) else " (only params, metrics and plots: no DVC remote)"
+    return f"Pulled {', '.join(names)} from {remote}{fetched}."
+
+
+def experiment_refs(repo: Path) -> dict[str, str]:
+    """{git ref: commit} of every experiment (refs/exps/<baseline>/<name>)."""
+    listed = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"], cwd=repo,
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    ).stdout  # fmt: skip
+    refs = dict(line.split(" ", 1) for line in listed.splitlines() if " " in line)
+    return {ref: sha for ref, sha in refs.items() if EXPERIMENT_REF.match(ref)}

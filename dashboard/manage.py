@@ -43,6 +43,7 @@ class ManagePanel:
         self.repo: Path = app.store.path
         self.running: dict[str, Any] = {}  # workspace runs started here: name -> (process, log)
         self.failure_logs: dict[str, str] = {}
+        self._stamps: dict[str, object] = {}  # file -> (mtime, size) at the last look
         self.form = LaunchForm(self.repo, on_queue=self.queue, on_run=self.run_now)
         self.status = w.HTML()
         self.status.add_class("action-status")
@@ -88,14 +89,15 @@ class ManagePanel:
         self.push_button = self._button(
             "Push",
             "upload",
-            lambda: self.sync("push"),
-            "dvc exp push the picked to the git remote",
+            self.push,
+            "dvc exp push: the picked experiments to the git remote, their outputs to the "
+            "default DVC remote",
         )
         self.pull_button = self._button(
             "Pull",
             "download",
-            lambda: self.sync("pull"),
-            "dvc exp pull the picked from the git remote",
+            self.pull,
+            "dvc exp pull: every experiment of this commit on the git remote, with its outputs",
         )
         self.confirm_box = w.VBox()
         self.confirm_box.add_class("confirm-box")
@@ -211,11 +213,25 @@ class ManagePanel:
             current = self.log_choice.value
             self.log_choice.options = names
             self.log_choice.value = current if current in names else (names[0] if names else None)
-        remotes = actions.remotes(self.repo)
-        self.remote.options = remotes
-        for widget in (self.remote, self.push_button, self.pull_button):
-            widget.layout.display = None if remotes else "none"
-        self.form.load()
+        if self._changed(".git/config"):  # remotes live there
+            remotes, current = actions.remotes(self.repo), self.remote.value
+            self.remote.options = remotes  # (a Dropdown keeps no value when its options change)
+            self.remote.value = current if current in remotes else (remotes or [None])[0]
+            for widget in (self.remote, self.push_button, self.pull_button):
+                widget.layout.display = None if remotes else "none"
+        if self._changed("params.yaml"):
+            self.form.load()
+
+    def _changed(self, name: str) -> bool:
+        """Whether file `name` of the repository changed since the last look (first look: yes)."""
+        try:
+            stat = (self.repo / name).stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            stamp = None
+        changed = self._stamps.get(name, False) != stamp
+        self._stamps[name] = stamp
+        return changed
 
     def failure_log(self, name: str) -> str:
         """The tail of a failed queued experiment's log, read once."""
@@ -329,11 +345,13 @@ class ManagePanel:
         self.say(f"Removed {', '.join(names)}.")
         self._after()
 
-    def sync(self, direction: str) -> None:
+    def push(self) -> None:
         rows = self._picked_rows()
         if not rows:
-            raise ValueError(f"pick the experiments to {direction} first")
-        names = [r["name"] for r in rows]
-        getattr(actions, direction)(self.repo, self.remote.value, names)
-        self.say(f"{direction.title()}ed {', '.join(names)} ({self.remote.value}).")
+            raise ValueError("pick the experiments to push first")
+        self.say(actions.push(self.repo, self.remote.value, [r["name"] for r in rows]))
+        self._after()
+
+    def pull(self) -> None:
+        self.say(actions.pull(self.repo, self.remote.value))
         self._after()

@@ -18,7 +18,7 @@ import yaml
 
 from dashboard import actions
 from dashboard.app import Dashboard
-from tests.quick_repo import make_quick_repo, run
+from tests.quick_repo import exp_run, make_quick_repo, run
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -223,3 +223,52 @@ def test_a_killed_queue_worker_leaves_its_experiment_lost_not_running(app: Dashb
     assert "1 lost" in manage.queue_info.value
     rows = app.frame.set_index("name")
     assert (rows.loc["a", "train_lora.rank"], rows.loc["b", "train_lora.rank"]) == (2, 8)
+
+
+def test_push_to_and_pull_from_a_git_and_a_dvc_remote(tmp_path: Path):
+    """Share an experiment through a bare git repository and a DVC remote folder, and get it in
+    a teammate's clone, images included."""
+    mine = make_quick_repo(tmp_path / "mine")
+    exp_run(mine, "shared", "train_lora.rank=8")
+    run(tmp_path, "git", "init", "-q", "--bare", "remote.git")
+    run(mine, "git", "remote", "add", "origin", str(tmp_path / "remote.git"))
+    run(mine, "git", "push", "-q", "origin", "main")
+    app = Dashboard(mine, watch=False)
+    manage = app.manage
+    assert manage.remote.options == ("origin",) and manage.remote.value == "origin"
+    assert manage.push_button.layout.display is None
+    app.pick([])
+    manage.push_button.click()
+    assert "pick the experiments to push first" in manage.status.value
+    app.pick(["shared"])
+    manage.push_button.click()  # no DVC remote yet: the refs travel, the outputs cannot
+    said = html.unescape(manage.status.value)
+    assert "Pushed experiment shared" in said and "no default DVC remote" in said, said
+    assert "/shared" in run(mine, "git", "ls-remote", "origin", "refs/exps/*")
+    storage = tmp_path / "storage"
+    run(mine, "dvc", "remote", "add", "--local", "-d", "storage", str(storage))
+    manage.push_button.click()
+    said = html.unescape(manage.status.value)
+    assert "shared is up to date on Git remote 'origin'" in said, said
+    assert " files uploaded" in said and "no default DVC remote" not in said, said
+    assert any(path.is_file() for path in storage.rglob("*"))
+
+    theirs = tmp_path / "theirs"
+    run(tmp_path, "git", "clone", "-q", "-b", "main", "remote.git", str(theirs))
+    run(theirs, "dvc", "remote", "add", "--local", "-d", "storage", str(storage))
+    teammate = Dashboard(theirs, watch=False)
+    assert states(teammate) == {}
+    teammate.manage.pull_button.click()
+    said = html.unescape(teammate.manage.status.value)
+    assert "Pulled shared from origin." in said, said
+    assert states(teammate) == {"shared": "success"}
+    row = teammate.frame.set_index("name").loc["shared"]
+    assert row["train_lora.rank"] == 8
+    assert (
+        row["type_fidelity_lora"]
+        == app.frame.set_index("name").loc["shared", "type_fidelity_lora"]
+    )
+    images = teammate.store.plots([row["id"]]).images  # outputs came from the DVC remote
+    assert not images.empty and all(Path(file).is_file() for file in images["file"])
+    teammate.manage.pull_button.click()
+    assert "Nothing new to pull" in teammate.manage.status.value
