@@ -398,14 +398,16 @@ def generated_images(images: Mapping[tuple[str, str], str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns).sort_values(["prompt", "seed", "rev", "kind"])
 
 
-def mark_lost(frame: pd.DataFrame, alive) -> pd.DataFrame:
-    """Rows that DVC calls running but whose process `alive(pid)` says is gone get the state
-    "lost" and an error saying so: DVC keeps such a task "Running" for ever when its queue
-    worker was killed, and its result is never collected."""
+def mark_lost(frame: pd.DataFrame, alive, exited) -> pd.DataFrame:
+    """Rows that DVC calls running but whose process `alive(pid)` says is gone, with no exit
+    status recorded by its worker (`exited(id)`), get the state "lost" and an error saying so:
+    DVC keeps such a task "Running" for ever when its queue worker was killed, and its result
+    is never collected. A run that exited normally stays running while its worker collects the
+    results (seconds)."""
     running = frame["state"] == "running"
     for index in frame.index[running]:
         pid = frame.at[index, "pid"]
-        if pid is None or pd.isna(pid) or alive(int(pid)):
+        if pid is None or pd.isna(pid) or alive(int(pid)) or exited(frame.at[index, "id"]):
             continue
         frame.at[index, "state"] = "lost"
         frame.at[index, "error"] = (

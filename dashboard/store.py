@@ -172,7 +172,16 @@ class ExperimentStore:
         """One row per experiment of HEAD and of `baselines` (commits that HEAD has left while
         their experiments were queued or running), or of every commit with `all_commits`."""
         frame = experiments_frame(self.exp_show(all_commits, queue_busy, baselines))
-        return mark_lost(frame, _alive)
+        return mark_lost(frame, _alive, self._exited)
+
+    def _exited(self, task: str) -> bool:
+        """Whether the queue worker recorded the exit status of task `task` (dvc-task's
+        process info, .dvc/tmp/exps/run/<task>/<task>.json): it ended, and was not lost."""
+        info = self.path / ".dvc" / "tmp" / "exps" / "run" / task / f"{task}.json"
+        try:
+            return json.loads(info.read_text()).get("returncode") is not None
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def inside(self, file: str | Path) -> Path:
         """`file` resolved, or DvcError when it is not inside the repository (or the plots

@@ -17,6 +17,7 @@ from dashboard.data import (
     filter_experiments,
     flatten,
     image_files,
+    mark_lost,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -127,3 +128,15 @@ def test_only_columns_that_differ():
     frame = experiments_frame(load("exp_show.json"))
     differing = differing_columns(frame, frame.attrs["params"])
     assert set(differing) == {"train_lora.rank", "train_lora.learning_rate"}
+
+
+def test_a_running_task_is_lost_only_when_its_process_ended_without_an_exit_status():
+    frame = pd.DataFrame({
+        "id": ["working", "collecting", "lost", "queued"],
+        "state": ["running", "running", "running", "queued"],
+        "pid": [11, 12, 13, None],
+        "error": [None] * 4,
+    })  # fmt: skip
+    marked = mark_lost(frame, alive=lambda pid: pid == 11, exited=lambda rev: rev == "collecting")
+    assert marked["state"].tolist() == ["running", "running", "lost", "queued"]
+    assert "process 13 is gone" in marked.set_index("id").loc["lost", "error"]
