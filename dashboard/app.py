@@ -48,6 +48,7 @@ PREFERRED_CURVE = "train_lora/plots/metrics/loss"
 PREFERRED_X = ["train_lora.rank", "train_lora.learning_rate"]
 NOT_PICKABLE = {"queued", "running"}
 PREFETCH = 10  # newest experiments whose plots are read ahead
+MAX_AUTO_PICKS = 8  # experiments launched here are picked as they finish, up to this many picks
 
 
 def find_repository(start: str | Path | None = None) -> Path:
@@ -282,6 +283,11 @@ class Dashboard:
         self.picked = [rev for rev in self.picked if rev in pickable]
         if first and not self.picked:
             self.picked = self.default_picks()
+        if self.manage is not None:  # launched here and just finished: compare them at once
+            room = max(0, MAX_AUTO_PICKS - len(self.picked))
+            finished = [rev for rev in self.manage.newly_finished(self.frame)
+                        if rev not in self.picked]  # fmt: skip
+            self.picked += finished[:room]
         if self.manage is None:
             self.manage = ManagePanel(self)
             self.manage_box.children = [self.manage.widget]

@@ -44,6 +44,7 @@ class ManagePanel:
         self.running: dict[str, Any] = {}  # workspace runs started here: name -> (process, log)
         self.failure_logs: dict[str, str] = {}
         self._stamps: dict[str, object] = {}  # file -> (mtime, size) at the last look
+        self.launched: set[str] = set()  # names queued from this page, not yet finished
         self.form = LaunchForm(self.repo, on_queue=self.queue, on_run=self.run_now)
         self.status = w.HTML()
         self.status.add_class("action-status")
@@ -144,6 +145,7 @@ class ManagePanel:
     def queue(self, launches: list[actions.Launch]) -> None:
         self.say(f"Queueing {len(launches)} experiment(s)...")
         names = actions.queue(self.repo, launches)
+        self.launched.update(names)
         self.say(f"Queued {len(names)}: {', '.join(names)}. Start the queue to run them.")
         self._after()
 
@@ -232,6 +234,14 @@ class ManagePanel:
         changed = self._stamps.get(name, False) != stamp
         self._stamps[name] = stamp
         return changed
+
+    def newly_finished(self, frame) -> list[str]:
+        """Ids of experiments queued from this page that have succeeded since the last look
+        (the page picks them, so that their curves and Pokémon appear as each finishes)."""
+        rows = frame[(frame["kind"] == "experiment") & frame["name"].isin(self.launched)]
+        done = rows[rows["state"].isin(["success", "failed", "lost"])]
+        self.launched -= set(done["name"])
+        return done.loc[done["state"] == "success", "id"].tolist()
 
     def failure_log(self, name: str) -> str:
         """The tail of a failed queued experiment's log, read once."""

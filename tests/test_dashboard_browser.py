@@ -155,6 +155,11 @@ def test_launch_a_grid_watch_it_run_and_apply_one(browser, tmp_path: Path):
             for name in ("grid-1", "grid-2"):
                 expect(row(page, name)).to_have_class(re.compile("xt-state-success"),
                                                       timeout=180_000)  # fmt: skip
+                # picked as it finishes: its Pokémon and its curve appear without a click
+                expect(page.locator(".gl-col .gl-label").filter(has_text=f"{name} · LoRA")
+                       ).to_have_count(1, timeout=WAIT)  # fmt: skip
+                legend = page.locator(".js-plotly-plot .legendtext").filter(has_text=name)
+                expect(legend.first).to_be_attached(timeout=WAIT)
             page.locator("button", has_text="Clear picks").click()
             row(page, "grid-2").click()
             page.locator("button", has_text="Apply").click()

@@ -64,6 +64,11 @@ def test_queue_a_grid_run_it_and_apply_one(app: Dashboard):
     manage.start_button.click()
     assert "Queue started" in manage.status.value, manage.status.value
     wait_for(app, lambda: states(app) == {"grid-1": "success", "grid-2": "success"})
+    ids = app.frame.set_index("name").loc[["grid-1", "grid-2"], "id"].tolist()
+    assert set(ids) <= set(app.picked)  # launched here: picked as they finished, and compared
+    assert set(ids) <= set(app.plots.images["rev"])
+    drawn = {t.name for t in app.curves.figure.data if t.showlegend is not False}
+    assert {"grid-1", "grid-2"} <= drawn
     ranks = app.frame.set_index("name")["train_lora.rank"]
     assert (ranks["grid-1"], ranks["grid-2"]) == (8, 16)
     assert app.frame.set_index("name").loc["grid-2", "type_fidelity_lora"] > 0
