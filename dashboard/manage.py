@@ -202,8 +202,13 @@ class ManagePanel:
         queued = frame[frame["state"].isin(["queued", "running", "failed", "success", "lost"])
                        & (frame["kind"] == "experiment")]  # fmt: skip
         states = queued["state"].value_counts().to_dict()
-        parts = [f"{states.get(s, 0)} {s}" for s in ("queued", "running", "failed", "lost")
-                 if s != "lost" or states.get(s)]  # fmt: skip
+        # succeeded through the queue: DVC keeps the task's process info (a pid) for those
+        states["succeeded"] = int(((queued["state"] == "success") & queued["pid"].notna()).sum())
+        parts = [
+            f"{states.get(s, 0)} {s}"
+            for s in ("queued", "running", "succeeded", "failed", "lost")
+            if s != "lost" or states.get(s)
+        ]
         if states.get("queued") and not states.get("running"):
             parts.append("none running: start the queue to run the queued ones")
         queued_count, running_count = states.get("queued", 0), states.get("running", 0)

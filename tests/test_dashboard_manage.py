@@ -65,6 +65,7 @@ def test_queue_a_grid_run_it_and_apply_one(app: Dashboard):
     assert "Queue started" in manage.status.value, manage.status.value
     wait_for(app, lambda: states(app) == {"grid-1": "success", "grid-2": "success"})
     ids = app.frame.set_index("name").loc[["grid-1", "grid-2"], "id"].tolist()
+    assert "0 queued, 0 running, 2 succeeded, 0 failed" in manage.queue_info.value
     assert set(ids) <= set(app.picked)  # launched here: picked as they finished, and compared
     assert set(ids) <= set(app.plots.images["rev"])
     drawn = {t.name for t in app.curves.figure.data if t.showlegend is not False}
