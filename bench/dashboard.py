@@ -148,7 +148,8 @@ def measure(repo: Path, count: int, browser, log: Path) -> dict[str, float]:
             "".join(
                 f"document.querySelector('.xt-row[data-name=\"{n}\"]').click();" for n in picks
             ),
-            f"document.querySelectorAll('.gl-col').length === 4 && {labels} && {legend}",
+            "[...document.querySelectorAll('.gl-label')].filter(l => l.textContent.endsWith("
+            f"'LoRA')).length === 2 && {labels} && {legend}",
         )
         experiments = int(page.get_attribute(".experiment-count", "data-experiments"))
         exp_run(repo, "fresh", "train_lora.rank=2")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import html
 import logging
 import os
@@ -110,6 +111,17 @@ def active_baselines(frame: pd.DataFrame) -> set[str]:
     """The baseline commits of queued and running experiments."""
     active = frame[frame["state"].isin(["queued", "running"]) & frame["parent"].notna()]
     return set(active["parent"])
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest(file: str | None) -> str | None:
+    """A hash of an image file's bytes (files of `dvc plots diff -o` are never rewritten)."""
+    if file is None:
+        return None
+    try:
+        return hashlib.blake2b(Path(file).read_bytes(), digest_size=16).hexdigest()
+    except OSError:
+        return None
 
 
 class Dashboard:
@@ -573,6 +585,11 @@ class Dashboard:
         params = self.frame.attrs.get("params", [])
         changed = self.changed.get(rev, {})
         parts = [f"{short_name(p, params)}={format_cell(v)}" for p, v in changed.items()]
+        parts += [self.metric_detail(rev, kind)]
+        return " · ".join(part for part in parts if part) or "baseline params"
+
+    def metric_detail(self, rev: str, kind: str = "lora") -> str:
+        """`<key metric> <value>` of a row ("" when it has none)."""
         row = self.frame[self.frame["id"] == rev]
         metric = self.key_metric()
         if metric and kind == "base" and metric.endswith("_lora"):
@@ -583,8 +600,8 @@ class Dashboard:
             and not row.empty
             and pd.notna(pd.to_numeric(row.iloc[0][metric], errors="coerce"))
         ):
-            parts.append(f"{metric} {format_cell(row.iloc[0][metric])}")
-        return " · ".join(parts) if parts else "baseline params"
+            return f"{metric} {format_cell(row.iloc[0][metric])}"
+        return ""
 
     def draw_gallery(self) -> None:
         images, mode = self.plots.images, self.gallery_mode.value
@@ -597,9 +614,10 @@ class Dashboard:
              "kind": kind}
             for rev in self.picked for kind in kinds
         ]  # fmt: skip
-        keys = images[["prompt", "seed"]].drop_duplicates().itertuples(index=False)
+        keys = list(images[["prompt", "seed"]].drop_duplicates().itertuples(index=False))
         files, rows = {}, []
         lookup = {(r.rev, r.kind, r.prompt, r.seed): r.file for r in images.itertuples()}
+        columns = self._one_column_per_base(columns, lookup, keys)
         for prompt, seed in keys:
             cells = []
             for column in columns:
@@ -627,6 +645,29 @@ class Dashboard:
                 "No generated images for the picked experiments: "
                 + "; ".join(f"{labels.get(r, r)}: {m}" for r, m in self.plots.missing.items())
             )  # fmt: skip
+
+    def _one_column_per_base(self, columns: list[dict], lookup: dict, keys: list) -> list[dict]:
+        """The base model's images once when picked experiments share them (same base model,
+        prompts and seeds: the usual case), so that their LoRA columns sit side by side."""
+        kept, first_of = [], {}
+        for column in columns:
+            if column["kind"] == "base":
+                files = [lookup.get((column["rev"], "base", *key)) for key in keys]
+                content = tuple(_digest(file) for file in files)
+                if any(content) and content in first_of:
+                    first = first_of[content]
+                    first["same"].append(column["label"].removesuffix(" · base"))
+                    continue
+                first_of[content] = column
+                column["same"] = []
+            kept.append(column)
+        for column in first_of.values():
+            if column["same"]:
+                parts = [f"the same for {', '.join(column['same'])}",
+                         self.metric_detail(column["rev"], "base")]  # fmt: skip
+                column["detail"] = " · ".join(part for part in parts if part)
+            del column["same"]
+        return kept
 
     # ----- live refresh --------------------------------------------------------------------
     def watch(self, seconds: float = 1.0) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from dashboard.app import Dashboard
 from dashboard.data import experiments_frame
@@ -114,18 +115,38 @@ def test_picking_two_compares_curves_images_and_confusion(app: Dashboard):
     assert "train_lora" in figure.layout.title.text
     assert len([t for t in app.confusion.figure.data if t.type == "heatmap"]) == 2
     labels = [c["label"] for c in app.gallery.columns]
-    assert labels == ["rank-8 · base", "rank-8 · LoRA", "rank-16 · base", "rank-16 · LoRA"]
-    assert "rank=8" in app.gallery.columns[0]["detail"]
+    # the base model's images are the same for both experiments: one column of them
+    assert labels == ["rank-8 · base", "rank-8 · LoRA", "rank-16 · LoRA"]
+    assert "the same for rank-16" in app.gallery.columns[0]["detail"]
     assert "type_fidelity_base" in app.gallery.columns[0]["detail"]
+    assert "rank=8" in app.gallery.columns[1]["detail"]
     assert "type_fidelity_lora" in app.gallery.columns[1]["detail"]
     assert len(app.gallery.rows) == 12  # 2 prompts x 6 seeds
     assert all(
         cell["src"].startswith("data:image/png;base64,") for cell in app.gallery.rows[0]["cells"]
     )
-    left, right = app.gallery.rows[0]["cells"][1]["src"], app.gallery.rows[0]["cells"][3]["src"]
+    left, right = app.gallery.rows[0]["cells"][1]["src"], app.gallery.rows[0]["cells"][2]["src"]
     assert left != right  # rank changes the LoRA's Pokémon
     app.gallery_mode.value = "lora"
     assert [c["label"] for c in app.gallery.columns] == ["rank-8 · LoRA", "rank-16 · LoRA"]
+
+
+def test_base_columns_with_different_images_stay_apart(app: Dashboard, tmp_path: Path):
+    """Experiments with another base model (or size) have base images of their own."""
+    app.pick(["rank-8", "rank-16", "lr-high"])
+    files = {}
+    for rev, color in zip(app.picked, ("red", "red", "blue"), strict=True):
+        files[rev] = tmp_path / f"{rev}.png"
+        Image.new("RGB", (4, 4), color).save(files[rev])
+    columns = [{"rev": rev, "kind": kind, "label": f"{app.labels()[rev]} · {kind}",
+                "detail": ""} for rev in app.picked for kind in ("base", "lora")]  # fmt: skip
+    lookup = {(rev, "base", "p", 0): str(file) for rev, file in files.items()}
+    kept = app._one_column_per_base(columns, lookup, [("p", 0)])
+    assert [c["label"] for c in kept] == [
+        "rank-8 · base", "rank-8 · lora", "rank-16 · lora", "lr-high · base", "lr-high · lora",
+    ]  # fmt: skip
+    assert kept[0]["detail"].startswith("the same for rank-16")
+    assert not kept[3]["detail"].startswith("the same")
 
 
 def test_enlarging_an_image_sends_the_full_size_file(app: Dashboard, monkeypatch):
