@@ -161,11 +161,9 @@ def test_whole_pipeline_then_two_experiments_compared_by_dvc_metrics_and_plots(t
     assert "train_lora" in app.curve_choice.value and "loss" in app.curve_choice.value
     traces = {t.name for t in app.curves.figure.data if t.showlegend is not False}
     assert traces == {"rank-8", "rank-2"}
-    assert [c["label"] for c in app.gallery.columns] == [
-        "rank-8 · base",
-        "rank-8 · LoRA",
-        "rank-2 · LoRA",
-    ]  # fmt: skip  (the base model's images are the same for both: shown once)
+    # the base model's images are the same for both: shown once
+    assert [c["label"] for c in app.gallery.columns] == ["rank-8 · base", "rank-8 · LoRA",
+                                                         "rank-2 · LoRA"]  # fmt: skip
     assert "the same for rank-2" in app.gallery.columns[0]["detail"]
     prompts, seeds = TINY["generate"]["prompts"], TINY["generate"]["seeds"]
     assert len(app.gallery.rows) == len(prompts) * len(seeds)
