@@ -375,9 +375,11 @@ class Dashboard:
         return sort_frame(frame, sort.get("column"), bool(sort.get("descending")))
 
     def visible_columns(self, rows: pd.DataFrame | None = None) -> list[str]:
+        """The chosen columns; with "only columns that differ", those whose values differ
+        among `rows` (the rows shown), or among all rows when fewer than two are shown."""
         chosen = [c for c in self.column_picker.value if c in self.frame]
         if self.only_differing.value and len(self.frame) > 1:
-            rows = self.frame if rows is None else rows
+            rows = self.frame if rows is None or len(rows) < 2 else rows
             varying = set(differing_columns(rows, [c for c in chosen if c not in SHOWN_FIXED]))
             chosen = [c for c in chosen if c in SHOWN_FIXED or c in varying]
         return chosen
@@ -394,7 +396,7 @@ class Dashboard:
                 '<code>state == "failed"</code>.</span>'
             )
             rows = self.frame
-        columns = self.visible_columns()
+        columns = self.visible_columns(rows)
         self._draw_table(rows, columns)
 
     def _draw_table(self, rows: pd.DataFrame, columns: list[str]) -> None:
@@ -490,7 +492,8 @@ class Dashboard:
 
     @shown_errors
     def export(self, kind: str) -> None:
-        rows, columns = self.visible_rows(), ["id", *self.visible_columns()]
+        rows = self.visible_rows()
+        columns = ["id", *self.visible_columns(rows)]
         if kind == "csv":
             self.table.download("experiments.csv", to_csv(rows, columns), "text/csv")
         else:

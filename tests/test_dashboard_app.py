@@ -84,6 +84,10 @@ def test_columns_only_differing_and_chosen(app: Dashboard):
     names = [h["name"] for h in app.table.header]
     assert {"train_lora.rank", "train_lora.learning_rate", "type_fidelity_lora"} <= set(names)
     assert "generate.seeds" not in names  # the same everywhere
+    app.filter.value = 'name in ["rank-8", "rank-16"]'  # the same learning rate
+    names = [h["name"] for h in app.table.header]
+    assert "train_lora.rank" in names and "train_lora.learning_rate" not in names
+    app.filter.value = ""
     app.only_differing.value = False
     names = [h["name"] for h in app.table.header]
     assert "generate.seeds" in names and "model.tiny.unet_steps" in names
