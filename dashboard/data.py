@@ -93,8 +93,9 @@ def _row(entry: Mapping[str, Any], kind: str, parent: str | None, executor, name
     }
     for values in _file_data(data.get("params")).values():
         row.update(values)
-    for path, values in _file_data(data.get("metrics")).items():
-        row.update({names[(path, key)]: value for key, value in values.items()})
+    if row["state"] != "failed":  # a failed queue task lists its baseline's metrics: not its own
+        for path, values in _file_data(data.get("metrics")).items():
+            row.update({names[(path, key)]: value for key, value in values.items()})
     for path, dep in (data.get("deps") or {}).items():
         row[DEP_PREFIX + path] = (dep or {}).get("hash")
     return row

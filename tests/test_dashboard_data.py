@@ -140,3 +140,16 @@ def test_a_running_task_is_lost_only_when_its_process_ended_without_an_exit_stat
     marked = mark_lost(frame, alive=lambda pid: pid == 11, exited=lambda rev: rev == "collecting")
     assert marked["state"].tolist() == ["running", "running", "lost", "queued"]
     assert "process 13 is gone" in marked.set_index("id").loc["lost", "error"]
+
+
+def test_a_failed_queue_task_shows_its_params_not_its_baselines_metrics():
+    """DVC lists a failed queue task with the files of the commit it was queued from: its params
+    are its own, the metrics are its baseline's."""
+    data = load("exp_show.json")
+    rank8 = next(e for e in data[1]["experiments"] if e["name"] == "rank-8")
+    rank8["executor"] = {"state": "failed", "name": None, "local": None}
+    rank8["revs"][0]["error"] = {"type": "", "msg": "Experiment run failed"}
+    row = experiments_frame(data).set_index("name").loc["rank-8"]
+    assert row["state"] == "failed" and row["error"] == "Experiment run failed"
+    assert row["train_lora.rank"] == 8
+    assert pd.isna(row["type_fidelity_lora"]) and pd.isna(row["lift"])

@@ -163,6 +163,8 @@ def test_a_failing_stage_and_an_interrupted_run_are_reported(app: Dashboard):
     assert [app.table.row_info[i]["name"] for i in app.table.order][:3] == ["broken", "fine",
                                                                             "main"]  # fmt: skip
     assert app.frame.set_index("name").loc["fine", "train_lora.rank"] == 2
+    assert app.frame.set_index("name").loc["broken", "train_lora.rank"] == 0
+    assert math.isnan(app.frame.set_index("name").loc["broken", "type_fidelity_lora"])
 
 
 def test_values_reach_dvc_as_literal_strings(app: Dashboard, tmp_path: Path):
