@@ -228,11 +228,14 @@ def filter_experiments(frame: pd.DataFrame, expression: str) -> pd.DataFrame:
 
 
 def differing_columns(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:
-    """The columns whose values are not the same in every row ("only columns that differ")."""
+    """The columns whose values are not the same in every row ("only columns that differ");
+    empty cells do not count (a queued or failed experiment has no metrics yet)."""
     differing = []
     for column in columns:
-        values = _comparable(frame[column])
-        if values.nunique(dropna=False) > 1:
+        values = frame[column]
+        if not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)):
+            values = values[~values.map(_missing)]
+        if _comparable(values).nunique(dropna=True) > 1:
             differing.append(column)
     return differing
 

@@ -128,6 +128,11 @@ def test_only_columns_that_differ():
     frame = experiments_frame(load("exp_show.json"))
     differing = differing_columns(frame, frame.attrs["params"])
     assert set(differing) == {"train_lora.rank", "train_lora.learning_rate"}
+    # a queued or failed experiment has no metrics: an empty cell is not a difference
+    assert frame["lift"].isna().any() and differing_columns(frame, ["lift", "f1"]) == []
+    partial = pd.DataFrame({"same": [1.0, None, 1.0], "text": ["a", None, "a"],
+                            "other": ["a", None, "b"]})  # fmt: skip
+    assert differing_columns(partial, ["same", "text", "other"]) == ["other"]
 
 
 def test_a_running_task_is_lost_only_when_its_process_ended_without_an_exit_status():

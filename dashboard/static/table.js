@@ -38,8 +38,9 @@ function render({ model, el: root }) {
     const sort = model.get("sort") || {};
     const row = el("tr");
     row.appendChild(el("th", "xt-pick", "pick"));
-    columns.forEach((column) => {
+    columns.forEach((column, position) => {
       const th = el("th", `xt-${column.group}` + (column.numeric ? " xt-num" : ""));
+      if (position === 0) th.classList.add("xt-sticky"); // the name stays in view
       th.dataset.column = column.name;
       th.title = `${column.name} (${column.group}): click to sort`;
       let label = column.label;
@@ -100,7 +101,7 @@ function render({ model, el: root }) {
       }
       tr.appendChild(pick);
       cells[index].forEach((text, column) => {
-        const td = el("td", "", text);
+        const td = el("td", column === 0 ? "xt-sticky" : "", text);
         const mark = marks[`${index},${column}`];
         if (mark) td.classList.add(`xt-${mark}`);
         if (text.length > 24) td.title = text;
