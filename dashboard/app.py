@@ -29,6 +29,7 @@ from dashboard.data import (
     FIXED_COLUMNS,
     FilterError,
     best_rows,
+    carry_picks,
     changed_params,
     differing_columns,
     filter_experiments,
@@ -47,7 +48,7 @@ SHOWN_FIXED = ["name", "state", "created"]  # id, parent, error and pid are not 
 KEY_METRICS = ["type_fidelity_lora", "lift", "f1"]
 PREFERRED_CURVE = "train_lora/plots/metrics/loss"
 PREFERRED_X = ["train_lora.rank", "train_lora.learning_rate"]
-NOT_PICKABLE = {"queued", "running"}
+NOT_PICKABLE = {"queued"}  # nothing to compare yet; a running one shows its curves so far
 PREFETCH = 10  # newest experiments whose plots are read ahead
 MAX_AUTO_PICKS = 8  # experiments launched here are picked as they finish, up to this many picks
 
@@ -288,18 +289,18 @@ class Dashboard:
         return True
 
     def set_frame(self, frame: pd.DataFrame) -> None:
-        first = self.frame.empty
+        first, old = self.frame.empty, self.frame
         self.frame = frame.reset_index(drop=True)
         self.changed = changed_params(self.frame)
         pickable = set(self.frame.loc[~self.frame["state"].isin(NOT_PICKABLE), "id"])
-        self.picked = [rev for rev in self.picked if rev in pickable]
+        self.picked = [rev for rev in carry_picks(old, self.frame, self.picked) if rev in pickable]
         if first and not self.picked:
             self.picked = self.default_picks()
-        if self.manage is not None:  # launched here and just finished: compare them at once
+        if self.manage is not None:  # launched here and started: follow them at once
             room = max(0, MAX_AUTO_PICKS - len(self.picked))
-            finished = [rev for rev in self.manage.newly_finished(self.frame)
-                        if rev not in self.picked]  # fmt: skip
-            self.picked += finished[:room]
+            started = [rev for rev in self.manage.newly_started(self.frame)
+                       if rev not in self.picked]  # fmt: skip
+            self.picked += started[:room]
         if self.manage is None:
             self.manage = ManagePanel(self)
             self.manage_box.children = [self.manage.widget]
@@ -507,10 +508,30 @@ class Dashboard:
     def _comparable_picks(self) -> list[str]:
         return [rev for rev in self.picked if rev in set(self.frame["id"])]
 
+    def running_roots(self) -> dict[str, str]:
+        """{id: the folder its queue task runs in} of the running experiments."""
+        running = self.frame[(self.frame["state"] == "running") & self.frame["root"].notna()]
+        return dict(zip(running["id"], running["root"], strict=True))
+
+    def _read_plots(self, picked: list[str]) -> Plots:
+        return self.store.plots(picked, self.running_roots()) if picked else Plots()
+
+    def live_signature(self) -> tuple:
+        """Sizes and times of the curve files that the picked running experiments write."""
+        roots = self.running_roots()
+        stamps = []
+        for rev in self._comparable_picks():
+            if rev in roots:
+                for file in self.store.live_files(roots[rev]).values():
+                    with contextlib.suppress(OSError):
+                        stat = file.stat()
+                        stamps.append((str(file), stat.st_mtime_ns, stat.st_size))
+        return tuple(stamps)
+
     def draw_comparison(self) -> None:
-        """Read the picked rows' plots (those not read before, and the workspace) and draw."""
-        picked = self._comparable_picks()
-        self.plots = self.store.plots(picked) if picked else Plots()
+        """Read the picked rows' plots (those not read before, the workspace and the running
+        ones) and draw."""
+        self.plots = self._read_plots(self._comparable_picks())
         self._draw_plots()
 
     def compare_picked(self) -> None:
@@ -519,7 +540,7 @@ class Dashboard:
         several rows cost one drawing)."""
         try:
             picked = self._comparable_picks()
-            data = self.store.plots(picked) if picked else Plots()
+            data = self._read_plots(picked)
             with self._busy:
                 if picked != self._comparable_picks():
                     return
@@ -678,10 +699,14 @@ class Dashboard:
 
         def loop() -> None:
             self.start_comparing()
+            live = ()
             while not self._stop.wait(seconds):
                 try:
                     if self.store.signature() != self.signature:
                         self.refresh()
+                    elif (now := self.live_signature()) != live:  # a running curve grew
+                        live = now
+                        self._comparer.request()
                 except Exception:
                     log.exception("watching the repository failed")
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-FIXED_COLUMNS = ["id", "name", "kind", "state", "created", "parent", "error", "pid"]
+FIXED_COLUMNS = ["id", "name", "kind", "state", "created", "parent", "error", "pid", "root"]
 DEP_PREFIX = "dep:"
 
 
@@ -90,6 +90,7 @@ def _row(entry: Mapping[str, Any], kind: str, parent: str | None, executor, name
         "parent": parent,
         "error": error,
         "pid": ((executor or {}).get("local") or {}).get("pid"),  # of a running queue task
+        "root": ((executor or {}).get("local") or {}).get("root"),  # its workspace, while running
     }
     for values in _file_data(data.get("params")).values():
         row.update(values)
@@ -419,3 +420,21 @@ def mark_lost(frame: pd.DataFrame, alive, exited) -> pd.DataFrame:
             "was killed or the machine restarted); remove it and queue it again"
         )
     return frame
+
+
+def carry_picks(old: pd.DataFrame, new: pd.DataFrame, picked: list[str]) -> list[str]:
+    """`picked` (ids of `old`) as ids of `new`: a queue task's id changes when it ends (from its
+    queue entry to its experiment commit), so a picked running experiment stays picked by name
+    under the same baseline. Picks that are gone are dropped."""
+    ids = set(new["id"])
+    experiments = new[new["kind"] == "experiment"]
+    keys = zip(experiments["parent"], experiments["name"], strict=True)
+    by_name = dict(zip(keys, experiments["id"], strict=True))
+    before = dict(zip(old["id"], zip(old["parent"], old["name"], strict=True), strict=True))
+    carried = []
+    for rev in picked:
+        if rev not in ids and rev in before:
+            rev = by_name.get(before[rev], rev)
+        if rev in ids and rev not in carried:
+            carried.append(rev)
+    return carried

@@ -240,13 +240,14 @@ class ManagePanel:
         self._stamps[name] = stamp
         return changed
 
-    def newly_finished(self, frame) -> list[str]:
-        """Ids of experiments queued from this page that have succeeded since the last look
-        (the page picks them, so that their curves and Pokémon appear as each finishes)."""
+    def newly_started(self, frame) -> list[str]:
+        """Ids of experiments queued from this page that have started (or finished) since the
+        last look: the page picks them, so that their curves grow as they run and their
+        Pokémon appear when they finish."""
         rows = frame[(frame["kind"] == "experiment") & frame["name"].isin(self.launched)]
-        done = rows[rows["state"].isin(["success", "failed", "lost"])]
-        self.launched -= set(done["name"])
-        return done.loc[done["state"] == "success", "id"].tolist()
+        started = rows[rows["state"].isin(["running", "success", "failed", "lost"])]
+        self.launched -= set(started["name"])
+        return started.loc[started["state"].isin(["running", "success"]), "id"].tolist()
 
     def failure_log(self, name: str) -> str:
         """The tail of a failed queued experiment's log, read once."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import io
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,8 @@ class ExperimentStore:
         for folder in ("celery", "run"):  # the queue's broker and running tasks, not its cache
             for root, _, files in os.walk(self.path / ".dvc" / "tmp" / "exps" / folder):
                 for name in files:
+                    if name.endswith(".out"):
+                        continue  # a task's log: it grows all through a run, results do not
                     try:
                         stat = os.stat(os.path.join(root, name))
                     except OSError:
@@ -191,10 +194,14 @@ class ExperimentStore:
             raise DvcError(f"{file} is outside the repository {self.path}: not shown")
         return resolved
 
-    def plots(self, revs: Iterable[str]) -> Plots:
+    def plots(self, revs: Iterable[str], running: Mapping[str, str] | None = None) -> Plots:
         """Plots of `revs` (ids, or "workspace"); reads only those not read before. The
-        workspace is read again each time: its files change."""
+        workspace is read again each time: its files change. Revs in `running` ({id: the
+        folder its queue task runs in}) get the curves written so far (live_plots)."""
         revs = list(dict.fromkeys(revs))
+        running = {rev: root for rev, root in (running or {}).items() if rev in revs}
+        live = {rev: self.live_plots(rev, root) for rev, root in running.items()}
+        revs = [rev for rev in revs if rev not in live]
         todo = [rev for rev in revs if rev == WORKSPACE or rev not in self._plots]
         if todo:
             self.check()
@@ -209,7 +216,53 @@ class ExperimentStore:
                 reason = "no plots or images in this revision"
             for rev, part in _split(Plots.parse(data), todo, reason).items():
                 self._plots[rev] = part
-        return Plots.merge(self._plots[rev] for rev in revs)
+        return Plots.merge([*(self._plots[rev] for rev in revs), *live.values()])
+
+    def curve_paths(self) -> set[str]:
+        """The line plots that the read revisions have (dvclive's metric files)."""
+        if not self._plots:
+            self.plots([WORKSPACE])
+        return {path for part in self._plots.values() for path in part.curves}
+
+    def live_files(self, root: str | Path) -> dict[str, Path]:
+        """{plot path: its file in `root`}, the folder where a queue task runs, for the line
+        plots it has written so far."""
+        try:
+            folder = self.inside(root)
+        except DvcError:
+            return {}
+        files = {path: folder / path for path in sorted(self.curve_paths())}
+        return {path: file for path, file in files.items() if file.is_file()}
+
+    def live_plots(self, rev: str, root: str | Path) -> Plots:
+        """The curves that a running queue task has written so far, read from its folder
+        (dvclive rewrites them at every step); no images until it finishes."""
+        curves = {path: live_curve(file, rev) for path, file in self.live_files(root).items()}
+        reason = "still running: its images come when it finishes"
+        return Plots(curves={p: c for p, c in curves.items() if not c.empty},
+                     missing={rev: reason})  # fmt: skip
+
+
+def live_curve(file: Path, rev: str) -> pd.DataFrame:
+    """rev, step, value of a dvclive metric file (TSV or CSV with a step column) that a run is
+    still writing: a half-written last line is dropped."""
+    empty = pd.DataFrame(columns=["rev", "step", "value"])
+    try:
+        text = file.read_text(encoding="utf-8", errors="replace")
+        text = text[: text.rfind("\n") + 1]  # whole lines only
+        table = pd.read_csv(io.StringIO(text), sep="\t" if file.suffix == ".tsv" else ",")
+    except (OSError, ValueError):  # gone, or empty while being rewritten
+        return empty
+    values = [column for column in table.columns if column not in ("step", "timestamp")]
+    if "step" not in table or not values:
+        return empty
+    column = file.stem if file.stem in values else values[0]
+    points = pd.DataFrame({
+        "rev": rev,
+        "step": pd.to_numeric(table["step"], errors="coerce"),
+        "value": pd.to_numeric(table[column], errors="coerce"),
+    })  # fmt: skip
+    return points.dropna(subset=["step", "value"])
 
 
 def _alive(pid: int) -> bool:

@@ -192,7 +192,9 @@ def test_scatter_and_parallel_coordinates_cover_all_experiments(app: Dashboard):
 def test_plots_are_read_only_for_the_picked(app: Dashboard, monkeypatch):
     asked = []
     real = app.store.plots
-    monkeypatch.setattr(app.store, "plots", lambda revs: asked.append(list(revs)) or real(revs))
+    monkeypatch.setattr(
+        app.store, "plots", lambda revs, *more: asked.append(list(revs)) or real(revs, *more)
+    )
     app.pick(["rank-16"])
     assert asked == [[app.frame.set_index("name").loc["rank-16", "id"]]]
 

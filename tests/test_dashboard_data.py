@@ -11,6 +11,7 @@ import pytest
 
 from dashboard.data import (
     FilterError,
+    carry_picks,
     curve_points,
     differing_columns,
     experiments_frame,
@@ -19,6 +20,7 @@ from dashboard.data import (
     image_files,
     mark_lost,
 )
+from dashboard.store import live_curve
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -158,3 +160,43 @@ def test_a_failed_queue_task_shows_its_params_not_its_baselines_metrics():
     assert row["state"] == "failed" and row["error"] == "Experiment run failed"
     assert row["train_lora.rank"] == 8
     assert pd.isna(row["type_fidelity_lora"]) and pd.isna(row["lift"])
+
+
+def test_picks_follow_a_queue_task_whose_id_changes_when_it_ends():
+    def frame(rows):
+        return pd.DataFrame(rows, columns=["id", "name", "kind", "parent"])
+
+    old = frame(
+        [
+            ("workspace", "workspace", "workspace", None),
+            ("b1", "main", "baseline", None),
+            ("stash-a", "a", "experiment", "b1"),
+            ("stash-b", "b", "experiment", "b1"),
+        ]
+    )
+    new = frame(
+        [
+            ("workspace", "workspace", "workspace", None),
+            ("b1", "main", "baseline", None),
+            ("exp-a", "a", "experiment", "b1"),
+            ("stash-b", "b", "experiment", "b1"),
+        ]
+    )
+    assert carry_picks(old, new, ["stash-a", "b1", "stash-b"]) == ["exp-a", "b1", "stash-b"]
+    gone = frame([("workspace", "workspace", "workspace", None), ("b1", "main", "baseline", None)])
+    assert carry_picks(old, gone, ["stash-a", "workspace"]) == ["workspace"]
+
+
+def test_a_curve_being_written_is_read_up_to_its_last_whole_line(tmp_path: Path):
+    file = tmp_path / "loss.tsv"
+    file.write_text("step\tloss\n0\t0.9\n1\t0.7\n2\t0.")  # the run is writing line 2
+    points = live_curve(file, "abc")
+    assert points["step"].tolist() == [0, 1] and points["value"].tolist() == [0.9, 0.7]
+    file.write_text("step\tloss\n0\t0.9\n1\t")
+    assert live_curve(file, "abc")["value"].tolist() == [0.9]
+    file.write_text("")  # emptied for a rewrite
+    assert live_curve(file, "abc").empty
+    assert live_curve(tmp_path / "gone.tsv", "abc").empty
+    other = tmp_path / "lr.csv"
+    other.write_text("timestamp,step,learning_rate\n5,0,0.001\n")
+    assert live_curve(other, "abc")[["step", "value"]].values.tolist() == [[0, 0.001]]

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -123,6 +124,43 @@ def test_experiments_stay_listed_when_head_moves_while_they_run(app: Dashboard):
     assert states(fresh) == {}
     fresh.all_commits.value = True
     assert states(fresh) == {"r2": "success", "r8": "success"}
+
+
+def test_a_running_experiment_shows_its_curve_as_it_grows(app: Dashboard):
+    """Queued from the page, an experiment is picked as it starts: its loss curve so far is read
+    from the folder its queue task runs in, and it stays picked when it finishes (and its id
+    changes from the queue entry to the experiment's commit)."""
+    manage = app.manage
+    manage.queue([actions.Launch({"train_lora.max_steps": 20000}, "slow")])  # a 10 s run
+    manage.start_button.click()
+    wait_for(app, lambda: states(app).get("slow") == "running")
+    running = app.frame.set_index("name").loc["slow"]
+    assert running["id"] in app.picked and Path(running["root"]).is_relative_to(app.store.path)
+
+    def curve() -> pd.DataFrame:
+        app.draw_comparison()  # what the watcher does when the curve file changes
+        path = next(p for p in app.plots.curves if p.endswith("loss.tsv"))
+        points = app.plots.curves[path]
+        return points[points["rev"] == running["id"]]
+
+    deadline = time.monotonic() + 60
+    while curve().empty and time.monotonic() < deadline:
+        time.sleep(0.3)
+    first = len(curve())
+    assert 0 < first < 20000 and states(app)["slow"] == "running"
+    assert "slow" in {t.name for t in app.curves.figure.data}
+    missing = [cell["missing"] for row in app.gallery.rows for cell in row["cells"]
+               if "missing" in cell]  # fmt: skip
+    assert missing and "still running" in missing[0]
+    signature = app.live_signature()
+    while len(curve()) == first and states(app)["slow"] == "running":
+        time.sleep(0.3)
+    assert app.live_signature() != signature or states(app)["slow"] != "running"
+    wait_for(app, lambda: states(app).get("slow") == "success")
+    finished = app.frame.set_index("name").loc["slow", "id"]
+    assert finished != running["id"] and finished in app.picked
+    path = next(p for p in app.plots.curves if p.endswith("loss.tsv"))
+    assert (app.plots.curves[path]["rev"] == finished).sum() == 20000
 
 
 def test_apply_warns_of_uncommitted_changes(app: Dashboard):
