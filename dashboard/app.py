@@ -48,6 +48,7 @@ SHOWN_FIXED = ["name", "state", "created"]  # id, parent, error and pid are not 
 KEY_METRICS = ["type_fidelity_lora", "lift", "f1"]
 PREFERRED_CURVE = "train_lora/plots/metrics/loss"
 PREFERRED_X = ["train_lora.rank", "train_lora.learning_rate"]
+UNFINISHED = ["queued", "running", "failed", "lost"]
 NOT_PICKABLE = {"queued"}  # nothing to compare yet; a running one shows its curves so far
 PREFETCH = 10  # newest experiments whose plots are read ahead
 MAX_AUTO_PICKS = 8  # experiments launched here are picked as they finish, up to this many picks
@@ -418,7 +419,8 @@ class Dashboard:
                 if param in position:
                     marks[f"{index},{position[param]}"] = "changed"
         ids = {rev: i for i, rev in enumerate(frame["id"])}
-        for metric, revs in best_rows(rows, [c for c in columns if c in metrics]).items():
+        finished = rows[~rows["state"].isin(UNFINISHED)]  # a run's metrics so far are no record
+        for metric, revs in best_rows(finished, [c for c in columns if c in metrics]).items():
             for rev in revs:
                 marks[f"{ids[rev]},{position[metric]}"] = "best"
         cells = [[format_cell(v) for v in values] for values in

@@ -224,6 +224,24 @@ def test_no_experiments_yet_and_a_failed_one(tmp_path: Path):
     assert info["lr-high"]["state"] == "failed" and not info["queued-16"]["pickable"]
 
 
+def test_a_running_experiment_never_takes_a_best_value_star(app: Dashboard):
+    data = json.loads((FIXTURES / "exp_show.json").read_text())
+    running = next(e for e in data[1]["experiments"] if e["name"] == "rank-8")
+    running["executor"] = {"state": "running", "name": "dvc-task", "local": {"pid": 1}}
+    metrics = running["revs"][0]["data"]["metrics"]["outputs/evaluate/metrics.json"]["data"]
+    metrics["type_fidelity_lora"] = 2.0  # its figure so far: higher than any finished run's
+    lower = next(e for e in data[1]["experiments"] if e["name"] == "lr-high")
+    lower["revs"][0]["data"]["metrics"]["outputs/evaluate/metrics.json"]["data"][
+        "type_fidelity_lora"
+    ] = 0.5  # the finished runs differ: the best of them gets the star
+    app.set_frame(experiments_frame(data))
+    fidelity = [h["name"] for h in app.table.header].index("type_fidelity_lora")
+    starred = [key for key, mark in app.table.marks.items() if mark == "best"]
+    rows = [int(key.split(",")[0]) for key in starred if key.endswith(f",{fidelity}")]
+    best = {app.table.row_info[row]["name"] for row in rows}
+    assert best and "rank-8" not in best
+
+
 def test_missing_plots_are_said_not_thrown(app: Dashboard):
     app.pick(["0" * 40])
     assert "not available" not in app.banner.value
