@@ -44,7 +44,7 @@ class ManagePanel:
         self.running: dict[str, Any] = {}  # workspace runs started here: name -> (process, log)
         self.failure_logs: dict[str, str] = {}
         self._stamps: dict[str, object] = {}  # file -> (mtime, size) at the last look
-        self.launched: set[str] = set()  # names queued from this page, not yet finished
+        self.launched: set[str] = set()  # names queued from this page, not yet started
         self.form = LaunchForm(self.repo, on_queue=self.queue, on_run=self.run_now)
         self.status = w.HTML()
         self.status.add_class("action-status")
