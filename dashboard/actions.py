@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dashboard.dvc_cli import DvcError, dvc_env, dvc_executable, run_dvc
+from dashboard.dvc_cli import DvcError, dvc_env, dvc_executable, git, git_refs, run_dvc
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 LOGS = Path(".dvc") / "tmp" / "dashboard"
@@ -138,11 +138,8 @@ def queue_status(repo: Path) -> QueueStatus:
 def uncommitted_changes(repo: Path) -> list[str]:
     """Tracked files changed in the workspace (`git status --porcelain`), which `dvc exp apply`
     would overwrite."""
-    result = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    return [line[3:] for line in result.stdout.splitlines() if line.strip()]
+    status = git(repo, "status", "--porcelain", "--untracked-files=no")
+    return [line[3:] for line in status.splitlines() if line.strip()]
 
 
 def apply(repo: Path, name: str) -> str:
@@ -165,11 +162,7 @@ def remove(repo: Path, names: list[str]) -> str:
 
 def remotes(repo: Path) -> list[str]:
     """The git remotes, where `dvc exp push` and `pull` send and fetch experiments."""
-    result = subprocess.run(
-        ["git", "remote"], cwd=repo, capture_output=True, text=True, timeout=30,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    return result.stdout.split()
+    return git(repo, "remote").split()
 
 
 def dvc_remote(repo: Path) -> str | None:
@@ -218,9 +211,5 @@ def pull(repo: Path, remote: str) -> str:
 
 def experiment_refs(repo: Path) -> dict[str, str]:
     """{git ref: commit} of every experiment (refs/exps/<baseline>/<name>)."""
-    listed = subprocess.run(
-        ["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"], cwd=repo,
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-    ).stdout  # fmt: skip
-    refs = dict(line.split(" ", 1) for line in listed.splitlines() if " " in line)
-    return {ref: sha for ref, sha in refs.items() if EXPERIMENT_REF.match(ref)}
+    return {ref: sha for ref, sha in git_refs(repo, "refs/exps").items()
+            if EXPERIMENT_REF.match(ref)}  # fmt: skip

@@ -33,6 +33,22 @@ def dvc_env() -> dict[str, str]:
     return env
 
 
+def git(repo: Path, *args: str, timeout: float = 30.0) -> str:
+    """stdout of `git <args>` in `repo` (a read: what git printed, even when it failed)."""
+    return subprocess.run(
+        ["git", *args], cwd=repo, capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    ).stdout  # fmt: skip
+
+
+def git_refs(repo: Path, *prefixes: str, timeout: float = 30.0) -> dict[str, str]:
+    """{ref: commit} of the git refs under `prefixes` (`git for-each-ref`, milliseconds at
+    1,000 refs)."""
+    listed = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", *prefixes,
+                 timeout=timeout)  # fmt: skip
+    return dict(line.split(" ", 1) for line in listed.splitlines() if " " in line)
+
+
 def run_dvc(args: list[str], repo: Path, timeout: float = 60.0) -> str:
     """stdout of `dvc <args>` run in `repo`; DvcError when it fails or runs past `timeout` s."""
     command = [dvc_executable(), *args]

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import weakref
@@ -34,7 +33,7 @@ from dashboard.data import (
     line_plots,
     mark_lost,
 )
-from dashboard.dvc_cli import DvcError, run_dvc_json
+from dashboard.dvc_cli import DvcError, git_refs, run_dvc_json
 
 WORKSPACE = "workspace"
 # Files whose change means the workspace row or the set of experiments changed.
@@ -119,12 +118,9 @@ class ExperimentStore:
     def signature(self) -> str:
         """Changes whenever an experiment, branch or the workspace's params or lock change:
         the experiment refs (`git for-each-ref`, milliseconds at 1,000) and file times."""
-        refs = subprocess.run(
-            ["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps",
-             "refs/heads", "refs/tags"],
-            cwd=self.path, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL,
-        ).stdout  # fmt: skip
-        refs = "\n".join(line for line in refs.splitlines() if "refs/exps/exec/" not in line)
+        listed = git_refs(self.path, "refs/exps", "refs/heads", "refs/tags", timeout=10)
+        refs = "\n".join(f"{ref} {sha}" for ref, sha in listed.items()
+                         if not ref.startswith("refs/exps/exec/"))  # fmt: skip
         head = (self.path / ".git" / "HEAD").read_text() if (self.path / ".git").is_dir() else ""
         times = []
         for name in WATCHED:
