@@ -146,13 +146,13 @@ def test_a_running_experiment_shows_its_curve_as_it_grows(app: Dashboard):
     deadline = time.monotonic() + 60
     while curve().empty and time.monotonic() < deadline:
         time.sleep(0.3)
+    signature = app.live_signature()  # before the read: a file grown after it reads as changed
     first = len(curve())
     assert 0 < first < 20000 and states(app)["slow"] == "running"
     assert "slow" in {t.name for t in app.curves.figure.data}
     missing = [cell["missing"] for row in app.gallery.rows for cell in row["cells"]
                if "missing" in cell]  # fmt: skip
     assert missing and "still running" in missing[0]
-    signature = app.live_signature()
     while len(curve()) == first and states(app)["slow"] == "running":
         time.sleep(0.3)
     assert app.live_signature() != signature or states(app)["slow"] != "running"
