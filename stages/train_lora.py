@@ -33,6 +33,7 @@ from stages.diffusion import load_pipeline, read_model_record
 from stages.errors import StageError, StageInterrupted
 from stages.fsutil import atomic_dir, atomic_write_json
 from stages.lora import (
+    Encoded,
     dataset_digest,
     encode_dataset,
     fingerprint,
@@ -123,16 +124,7 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
     examples = read_dataset(paths.LORA_DATASET)
     digest = dataset_digest(examples)
     run_id = fingerprint(cfg.model_dump(exclude=NOT_IN_FINGERPRINT), seed, record, digest)
-    pipe = load_pipeline(record=record, device=accelerator.device)
-    unet, text_encoder, vae = pipe.unet, pipe.text_encoder, pipe.vae
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    for model in (unet, text_encoder, vae):
-        model.requires_grad_(False)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
-    if weight_dtype is not None:  # frozen weights in half precision, as the diffusers recipe
-        for model in (unet, text_encoder, vae):
-            model.to(dtype=weight_dtype)
-
+    pipe = frozen_pipeline(cfg, record, accelerator)
     cache_key = fingerprint(
         record, digest, cfg.random_flip, cfg.train_text_encoder, cfg.mixed_precision
     )
@@ -140,114 +132,32 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
         pipe, examples, cfg.random_flip, with_text=not cfg.train_text_encoder,
         cache_file=paths.user_cache_dir() / "latents" / f"{cache_key}.pt",
     )  # fmt: skip
-
-    add_lora(
-        unet,
-        LoraConfig(
-            r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-            init_lora_weights="gaussian", target_modules=list(cfg.target_modules),
-        ),
-        "train_lora.target_modules",
-    )  # fmt: skip
-    trained = [unet]
-    if cfg.train_text_encoder:
-        add_lora(
-            text_encoder,
-            LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                       init_lora_weights="gaussian", target_modules=TEXT_ENCODER_TARGETS),
-            "train_lora.train_text_encoder",
-        )  # fmt: skip
-        trained.append(text_encoder)
-    if weight_dtype is not None:
-        cast_training_params(trained, dtype=torch.float32)
-    params = [p for model in trained for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2)
-    lr_scheduler = get_scheduler(
-        cfg.lr_scheduler, optimizer=optimizer,
-        num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=cfg.max_steps * accelerator.num_processes,
-    )  # fmt: skip
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    if cfg.train_text_encoder:
-        text_encoder = accelerator.prepare(text_encoder)
-
+    run = TrainingRun(cfg, accelerator, pipe)
     checkpoint_file = paths.user_cache_dir() / "checkpoints" / run_id / "checkpoint.pt"
-    history: list[dict] = []
-    start_step = 0
-    state = load_checkpoint(checkpoint_file, run_id)
-    if state is not None:
-        set_peft_model_state_dict(accelerator.unwrap_model(unet), state["unet"])
-        if cfg.train_text_encoder:
-            set_peft_model_state_dict(
-                accelerator.unwrap_model(text_encoder), state["text_encoder"]
-            )
-        optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        start_step, history = state["step"], state["history"]
+    start_step, history = run.resume(load_checkpoint(checkpoint_file, run_id))
+    if start_step:
         log.info("resuming from the checkpoint at step %d (%s)", start_step, checkpoint_file)
 
     live = open_live(paths.TRAIN_LORA)
     for entry in history:  # the steps done before the interruption: one continuous curve
-        live.step = entry["step"]
-        live.log_metric("loss", entry["loss"])
-        live.log_metric("lr", entry["lr"])
-        live.next_step()
-
-    n = len(examples)
-    scaling = pipe.vae.config.scaling_factor
+        log_step(live, entry)
     started = time.monotonic()
     stop = StopRequest()
     bar = tqdm(range(start_step, cfg.max_steps), desc="train lora", unit="step",
                initial=start_step, total=cfg.max_steps)  # fmt: skip
     for step in bar:
-        unet.train()
-        losses = []
-        for micro in range(cfg.gradient_accumulation):
-            rng, generator = step_randomness(seed, step, micro)
-            with accelerator.accumulate(*trained_models(unet, text_encoder, cfg)):
-                index = torch.from_numpy(rng.integers(0, n, cfg.batch_size))
-                if cfg.random_flip:
-                    index = index + n * torch.from_numpy(rng.random(cfg.batch_size) < 0.5).long()
-                mean, std = encoded.mean[index], encoded.std[index]
-                latents = (mean + std * torch.randn(mean.shape, generator=generator)) * scaling
-                if cfg.train_text_encoder:
-                    ids = encoded.input_ids[index % n].to(accelerator.device)
-                    hidden = text_encoder(ids)[0]
-                else:
-                    hidden = encoded.hidden[index % n]
-                loss = denoising_loss(unet, noise_scheduler, latents, hidden, generator, cfg)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
-        entry = {"step": step, "loss": float(np.mean(losses)), "lr": lr_scheduler.get_last_lr()[0]}
+        entry = {"step": step, "loss": run.step(encoded, seed, step)}
+        entry["lr"] = run.lr_scheduler.get_last_lr()[0]
         history.append(entry)
-        live.log_metric("loss", entry["loss"])
-        live.log_metric("lr", entry["lr"])
-        live.next_step()
+        log_step(live, entry)
         bar.set_postfix(loss=f"{entry['loss']:.4f}")
         done = step + 1
         if cfg.validation_every and done % cfg.validation_every == 0:
-            parts = {
-                "vae": vae, "text_encoder": accelerator.unwrap_model(text_encoder),
-                "tokenizer": pipe.tokenizer, "unet": accelerator.unwrap_model(unet),
-                "scheduler": noise_scheduler,
-            }  # fmt: skip
-            image = validation_image(parts, cfg.validation_prompt, seed)
+            image = validation_image(run.pipeline_parts(), cfg.validation_prompt, seed)
             live.log_image(f"validation/step-{done:06d}.png", image)
         periodic = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
         if (periodic or stop.requested) and done < cfg.max_steps:
-            state = {
-                "fingerprint": run_id, "step": done, "history": history,
-                "unet": lora_state(accelerator.unwrap_model(unet)),
-                "text_encoder": (lora_state(accelerator.unwrap_model(text_encoder))
-                                 if cfg.train_text_encoder else None),
-                "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-            }  # fmt: skip
-            save_checkpoint(checkpoint_file, state)
+            save_checkpoint(checkpoint_file, run.checkpoint(run_id, done, history))
         if stop.requested and done < cfg.max_steps:
             live.end()
             raise StageInterrupted(
@@ -255,10 +165,157 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
                 f"in {checkpoint_file}. Run it again (dvc repro) to resume from there."
             )
     stop.restore()
-    seconds = time.monotonic() - started
-    steps_run = cfg.max_steps - start_step
+    metrics = run_metrics(cfg, history, start_step, time.monotonic() - started)
+    close_live(live, metrics)
+
+    with atomic_dir(paths.LORA) as out:
+        save_lora(out, *run.trained_unwrapped())
+        atomic_write_json(
+            out / "params.json",
+            {"train_lora": cfg.model_dump(), "seed": seed, "base_model": record,
+             "training_images": len(examples), "fingerprint": run_id},
+        )  # fmt: skip
+    checkpoint_file.unlink(missing_ok=True)
+    log.info("LoRA saved to %s: %s", paths.LORA / paths.LORA_WEIGHTS, json.dumps(metrics))
+
+
+def frozen_pipeline(
+    cfg: TrainLoraParams, record: dict, accelerator: Accelerator
+) -> StableDiffusionPipeline:
+    """The base model on the training device, every weight frozen; in half precision for
+    fp16/bf16, as the diffusers recipe keeps the frozen weights."""
+    pipe = load_pipeline(record=record, device=accelerator.device)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
+    for model in (pipe.unet, pipe.text_encoder, pipe.vae):
+        model.requires_grad_(False)
+        if weight_dtype is not None:
+            model.to(dtype=weight_dtype)
+    return pipe
+
+
+class TrainingRun:
+    """The LoRA adapters on the frozen UNet (and text encoder), their optimiser and lr
+    schedule, prepared by accelerate: one optimisation step at a time, and a checkpoint of all
+    of it that a later run resumes from exactly."""
+
+    def __init__(
+        self, cfg: TrainLoraParams, accelerator: Accelerator, pipe: StableDiffusionPipeline
+    ) -> None:
+        self.cfg, self.accelerator, self.pipe = cfg, accelerator, pipe
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        lora = {"r": cfg.rank, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
+                "init_lora_weights": "gaussian"}  # fmt: skip
+        unet, text_encoder = pipe.unet, pipe.text_encoder
+        targets = list(cfg.target_modules)
+        add_lora(unet, LoraConfig(**lora, target_modules=targets), "train_lora.target_modules")
+        trained = [unet]
+        if cfg.train_text_encoder:
+            add_lora(
+                text_encoder,
+                LoraConfig(**lora, target_modules=TEXT_ENCODER_TARGETS),
+                "train_lora.train_text_encoder",
+            )
+            trained.append(text_encoder)
+        if cfg.mixed_precision in ("fp16", "bf16"):
+            cast_training_params(trained, dtype=torch.float32)
+        self.params = [p for model in trained for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=1e-2)
+        lr_scheduler = get_scheduler(
+            cfg.lr_scheduler, optimizer=optimizer,
+            num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
+            num_training_steps=cfg.max_steps * accelerator.num_processes,
+        )  # fmt: skip
+        self.unet, self.optimizer, self.lr_scheduler = accelerator.prepare(
+            unet, optimizer, lr_scheduler
+        )
+        self.text_encoder = (
+            accelerator.prepare(text_encoder) if cfg.train_text_encoder else text_encoder
+        )
+
+    def trained_unwrapped(self) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        """The UNet and, when it is trained, the text encoder, as plain diffusers models."""
+        unwrap = self.accelerator.unwrap_model
+        return unwrap(self.unet), (
+            unwrap(self.text_encoder) if self.cfg.train_text_encoder else None
+        )
+
+    def pipeline_parts(self) -> dict:
+        """The parts of a StableDiffusionPipeline with the LoRA as trained so far."""
+        unet, _ = self.trained_unwrapped()
+        return {"vae": self.pipe.vae, "unet": unet, "tokenizer": self.pipe.tokenizer,
+                "text_encoder": self.accelerator.unwrap_model(self.text_encoder),
+                "scheduler": self.noise_scheduler}  # fmt: skip
+
+    def step(self, encoded: Encoded, seed: int, step: int) -> float:
+        """One optimisation step (gradient_accumulation micro-batches); its mean loss."""
+        cfg, accelerator, n = self.cfg, self.accelerator, len(encoded.input_ids)
+        self.unet.train()
+        models = [self.unet, self.text_encoder] if cfg.train_text_encoder else [self.unet]
+        scaling = self.pipe.vae.config.scaling_factor
+        losses = []
+        for micro in range(cfg.gradient_accumulation):
+            rng, generator = step_randomness(seed, step, micro)
+            with accelerator.accumulate(*models):
+                index = torch.from_numpy(rng.integers(0, n, cfg.batch_size))
+                if cfg.random_flip:
+                    index = index + n * torch.from_numpy(rng.random(cfg.batch_size) < 0.5).long()
+                mean, std = encoded.mean[index], encoded.std[index]
+                latents = (mean + std * torch.randn(mean.shape, generator=generator)) * scaling
+                if cfg.train_text_encoder:
+                    ids = encoded.input_ids[index % n].to(accelerator.device)
+                    hidden = self.text_encoder(ids)[0]
+                else:
+                    hidden = encoded.hidden[index % n]
+                loss = denoising_loss(
+                    self.unet, self.noise_scheduler, latents, hidden, generator, cfg
+                )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(self.params, 1.0)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+        return float(np.mean(losses))
+
+    def checkpoint(self, run_id: str, done: int, history: list[dict]) -> dict:
+        unet, text_encoder = self.trained_unwrapped()
+        return {
+            "fingerprint": run_id, "step": done, "history": history,
+            "unet": lora_state(unet),
+            "text_encoder": lora_state(text_encoder) if text_encoder is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+        }  # fmt: skip
+
+    def resume(self, state: dict | None) -> tuple[int, list[dict]]:
+        """Load a checkpoint's adapters, optimiser and schedule: the number of steps done and
+        the entries they logged."""
+        if state is None:
+            return 0, []
+        unet, text_encoder = self.trained_unwrapped()
+        set_peft_model_state_dict(unet, state["unet"])
+        if text_encoder is not None:
+            set_peft_model_state_dict(text_encoder, state["text_encoder"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        return state["step"], state["history"]
+
+
+def log_step(live, entry: dict) -> None:
+    live.step = entry["step"]
+    live.log_metric("loss", entry["loss"])
+    live.log_metric("lr", entry["lr"])
+    live.next_step()
+
+
+def run_metrics(
+    cfg: TrainLoraParams, history: list[dict], start_step: int, seconds: float
+) -> dict:
+    """The run's summary: final loss (mean of the last tenth of the steps) and speed."""
     tail = history[-max(1, len(history) // 10) :]
-    metrics = {
+    steps_run = cfg.max_steps - start_step
+    return {
         "final_loss": float(np.mean([h["loss"] for h in tail])),
         "steps": cfg.max_steps,
         "resumed_from_step": start_step,
@@ -267,25 +324,6 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
             steps_run * cfg.batch_size * cfg.gradient_accumulation / max(seconds, 1e-9), 2
         ),
     }
-    close_live(live, metrics)
-
-    with atomic_dir(paths.LORA) as out:
-        save_lora(
-            out,
-            accelerator.unwrap_model(unet),
-            accelerator.unwrap_model(text_encoder) if cfg.train_text_encoder else None,
-        )
-        atomic_write_json(
-            out / "params.json",
-            {"train_lora": cfg.model_dump(), "seed": seed, "base_model": record,
-             "training_images": n, "fingerprint": run_id},
-        )  # fmt: skip
-    checkpoint_file.unlink(missing_ok=True)
-    log.info("LoRA saved to %s: %s", paths.LORA / paths.LORA_WEIGHTS, json.dumps(metrics))
-
-
-def trained_models(unet, text_encoder, cfg: TrainLoraParams) -> list:
-    return [unet, text_encoder] if cfg.train_text_encoder else [unet]
 
 
 def denoising_loss(
