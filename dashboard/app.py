@@ -38,7 +38,7 @@ from dashboard.data import (
     to_csv,
     to_markdown,
 )
-from dashboard.dvc_cli import DvcError
+from dashboard.dvc_cli import DvcError, error_text
 from dashboard.manage import ManagePanel
 from dashboard.store import QUEUE_REF, WORKSPACE, ExperimentStore, Plots
 from dashboard.widgets import ExperimentTable, Gallery, image_uri
@@ -70,11 +70,8 @@ def shown_errors(method):
         try:
             with self._busy:
                 return method(self, *args, **kwargs)
-        except (DvcError, FilterError) as error:
-            self.show_error(str(error))
         except Exception as error:
-            log.exception("dashboard callback %s failed", method.__name__)
-            self.show_error(f"Unexpected {type(error).__name__}: {error}")
+            self.show_error(error_text(error, method.__name__))
         return None
 
     return wrapper
@@ -550,8 +547,8 @@ class Dashboard:
                 self._draw_plots()
                 self.draw_overview(parallel=False)
         except Exception as error:
-            log.exception("comparing the picked experiments failed")
-            self.show_error(f"Cannot compare the picked experiments: {error}")
+            text = error_text(error, "comparing the picked experiments")
+            self.show_error(f"Cannot compare the picked experiments: {text}")
 
     def _draw_plots(self) -> None:
         curves = sorted(self.plots.curves)

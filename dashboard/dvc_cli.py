@@ -4,6 +4,7 @@ person can read in the page instead of a traceback."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -15,6 +16,15 @@ from typing import Any
 
 class DvcError(RuntimeError):
     """A dvc command failed or hung; the message says which, why and what to do."""
+
+
+def error_text(error: Exception, where: str) -> str:
+    """What the page says of an error: the message of one we expect (a dvc command that failed
+    or hung, a bad filter or value), else its type too, and its traceback goes to the log."""
+    if isinstance(error, (DvcError, ValueError)):
+        return str(error)
+    logging.getLogger("dashboard").error("%s failed", where, exc_info=error)
+    return f"Unexpected {type(error).__name__}: {error}"
 
 
 def dvc_executable() -> str:

@@ -5,7 +5,6 @@ method that runs one action and says what happened; the app's watcher then redra
 from __future__ import annotations
 
 import html
-import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,13 +14,12 @@ import ipywidgets as w
 
 from dashboard import actions
 from dashboard.data import format_cell
-from dashboard.dvc_cli import DvcError
+from dashboard.dvc_cli import DvcError, error_text
 from dashboard.form import LaunchForm
 
 if TYPE_CHECKING:
     from dashboard.app import Dashboard
 
-log = logging.getLogger("dashboard")
 LOG_LINES = 60
 
 
@@ -125,11 +123,8 @@ class ManagePanel:
     def _do(self, action: Callable[[], None]) -> None:
         try:
             action()
-        except (DvcError, ValueError) as error:
-            self.say(str(error), error=True)
         except Exception as error:
-            log.exception("dashboard action failed")
-            self.say(f"Unexpected {type(error).__name__}: {error}", error=True)
+            self.say(error_text(error, "an action"), error=True)
 
     def say(self, message: str, error: bool = False) -> None:
         color = "#cf222e" if error else "#1a7f37"

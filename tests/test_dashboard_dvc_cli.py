@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from dashboard.dvc_cli import DvcError, run_dvc_json
+from dashboard.dvc_cli import DvcError, error_text, run_dvc_json
 
 
 def init_repo(path):
@@ -43,3 +43,16 @@ def test_a_hanging_command_is_stopped(tmp_path):
     repo = init_repo(tmp_path / "repo")
     with pytest.raises(DvcError, match=r"took longer than 0\.01 s"):
         run_dvc_json(["exp", "show"], repo, timeout=0.01)
+
+
+def test_expected_errors_read_as_their_message_and_others_name_their_type(caplog):
+    """A failed dvc command or a bad value is said as it is; anything else also names its type
+    (the page never shows a traceback), and its traceback goes to the server's log."""
+    with pytest.raises(DvcError) as failed:
+        run_dvc_json(["exp", "show"], "/nonexistent/repo")
+    assert error_text(failed.value, "reading") == str(failed.value)
+    assert "reading failed" not in caplog.text
+    with pytest.raises(KeyError) as failed:
+        {}["rank"]
+    assert error_text(failed.value, "picking") == "Unexpected KeyError: 'rank'"
+    assert "picking failed" in caplog.text and "Traceback" in caplog.text
