@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 # Settings that do not change the weights: a checkpoint stays valid when only these change.
 NOT_IN_FINGERPRINT = {"checkpoint_every", "validation_every", "validation_prompt"}
+# train_lora.mixed_precision values that keep the frozen weights in half precision
+HALF_PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def add_lora(model: torch.nn.Module, config: LoraConfig, key: str) -> None:
@@ -185,7 +187,7 @@ def frozen_pipeline(
     """The base model on the training device, every weight frozen; in half precision for
     fp16/bf16, as the diffusers recipe keeps the frozen weights."""
     pipe = load_pipeline(record=record, device=accelerator.device)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
+    weight_dtype = HALF_PRECISION.get(cfg.mixed_precision)
     for model in (pipe.unet, pipe.text_encoder, pipe.vae):
         model.requires_grad_(False)
         if weight_dtype is not None:
@@ -216,7 +218,7 @@ class TrainingRun:
                 "train_lora.train_text_encoder",
             )
             trained.append(text_encoder)
-        if cfg.mixed_precision in ("fp16", "bf16"):
+        if cfg.mixed_precision in HALF_PRECISION:
             cast_training_params(trained, dtype=torch.float32)
         self.params = [p for model in trained for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=1e-2)
@@ -231,6 +233,7 @@ class TrainingRun:
         self.text_encoder = (
             accelerator.prepare(text_encoder) if cfg.train_text_encoder else text_encoder
         )
+        self.trained = [self.unet, self.text_encoder] if cfg.train_text_encoder else [self.unet]
 
     def trained_unwrapped(self) -> tuple[torch.nn.Module, torch.nn.Module | None]:
         """The UNet and, when it is trained, the text encoder, as plain diffusers models."""
@@ -250,12 +253,11 @@ class TrainingRun:
         """One optimisation step (gradient_accumulation micro-batches); its mean loss."""
         cfg, accelerator, n = self.cfg, self.accelerator, len(encoded.input_ids)
         self.unet.train()
-        models = [self.unet, self.text_encoder] if cfg.train_text_encoder else [self.unet]
         scaling = self.pipe.vae.config.scaling_factor
         losses = []
         for micro in range(cfg.gradient_accumulation):
             rng, generator = step_randomness(seed, step, micro)
-            with accelerator.accumulate(*models):
+            with accelerator.accumulate(*self.trained):
                 index = torch.from_numpy(rng.integers(0, n, cfg.batch_size))
                 if cfg.random_flip:
                     index = index + n * torch.from_numpy(rng.random(cfg.batch_size) < 0.5).long()
