@@ -30,18 +30,20 @@ def _block(inputs: int, outputs: int) -> nn.Sequential:
 
 
 class TypeClassifier(nn.Module):
-    """Three conv blocks, global average pooling, one logit: "is it the type?"."""
+    """Three conv blocks, global average pooling, one logit: "is it the type?" (or one logit per
+    type with `outputs` > 1: "which type is it?")."""
 
-    def __init__(self, width: int = 16) -> None:
+    def __init__(self, width: int = 16, outputs: int = 1) -> None:
         super().__init__()
         self.features = nn.Sequential(
             _block(3, width), _block(width, 2 * width), _block(2 * width, 4 * width),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )  # fmt: skip
-        self.head = nn.Linear(4 * width, 1)
+        self.head = nn.Linear(4 * width, outputs)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images)).squeeze(1)
+        logits = self.head(self.features(images))
+        return logits.squeeze(1) if logits.shape[1] == 1 else logits
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(images)

@@ -124,15 +124,16 @@ class TinyModelParams(Section):
     vae_batch_size: int = Field(16, ge=1, le=1024, description="Images per autoencoder step")
     unet_batch_size: int = Field(32, ge=1, le=1024, description="Images per UNet step")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate")
-    max_minutes: float = Field(
-        8.0, gt=0, le=24 * 60, description="Time budget of the pretraining, in minutes"
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="Decay of the UNet's moving average of weights (0: none)"
     )
 
 
 class ModelParams(Section):
     base: str = Field(
         "tiny",
-        description="'tiny' (built and pretrained here), a Hugging Face model id such as "
+        description="'tiny' (shipped, pretrained here), 'tiny-scratch' (pretrained anew with "
+        "model.tiny), a Hugging Face model id such as "
         "stable-diffusion-v1-5/stable-diffusion-v1-5, or a local diffusers folder",
     )
     revision: str | None = Field(
@@ -146,13 +147,13 @@ class ModelParams(Section):
     @field_validator("base")
     @classmethod
     def _known_base(cls, value: str) -> str:
-        if value == "tiny" or (HUB_ID.match(value) and not Path(value).exists()):
+        if value in ("tiny", "tiny-scratch") or (HUB_ID.match(value) and not Path(value).exists()):
             return value
         folder = Path(value).expanduser()
         if (folder / "model_index.json").is_file():
             return value
         raise ValueError(
-            "expected 'tiny', a Hugging Face model id such as "
+            "expected 'tiny', 'tiny-scratch', a Hugging Face model id such as "
             "stable-diffusion-v1-5/stable-diffusion-v1-5, or a local folder holding a "
             "diffusers model_index.json"
         )

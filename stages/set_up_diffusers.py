@@ -1,18 +1,22 @@
 """Stage set_up_diffusers: make the base model available offline, and record where it is.
 
-model.base tiny builds the tiny Stable Diffusion from stages/tiny_sd and pretrains it on
-synthetic creatures (VAE first, then UNet + text encoder with caption dropout), within
-model.tiny.max_minutes. A Hugging Face id is downloaded through the hub cache (HF_HOME and
-HF_HUB_OFFLINE apply) and its resolved commit is recorded; a local folder is used as it is.
-Everything downstream loads the base through stages.diffusion.load_pipeline.
+model.base tiny (the default) copies the shipped pretrained tiny Stable Diffusion
+(stages/tiny_sd/pretrained, made by `python -m stages.pretrain_tiny`) into place after checking
+every file's sha256 against its record: a fixed, known input, as a hub model pinned to a commit
+is. tiny-scratch pretrains it anew with the recipe in model.tiny (VAE first, then UNet + text
+encoder with caption dropout), deterministic by step count. A Hugging Face id is downloaded
+through the hub cache (HF_HOME and HF_HUB_OFFLINE apply) and its resolved commit is recorded; a
+local folder is used as it is. Everything downstream loads the base through
+stages.diffusion.load_pipeline.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-import time
+import shutil
 from pathlib import Path
 
 import torch
@@ -22,21 +26,16 @@ from PIL import Image, ImageDraw
 
 from stages import paths
 from stages.cli import run_stage
+from stages.determinism import deterministic_torch
 from stages.errors import StageError
 from stages.fsutil import atomic_dir, atomic_write_json
 from stages.params import ModelParams, load_params
 from stages.pokemon import TYPES
-from stages.tiny_model import (
-    assemble,
-    build_components,
-    make_corpus,
-    pretrain_unet,
-    pretrain_vae,
-)
+from stages.pretrain_tiny import SHIPPED, SHIPPED_RECORD, save_half, verify
+from stages.tiny_model import TINY_SIZE, pretrain
 
 log = logging.getLogger(__name__)
 
-TINY_SIZE = 64  # pixels: the tiny model's native resolution
 SAMPLE_PROMPTS = [f"a {t.lower()} type pokemon" for t in TYPES] + [
     "a pokemon",
     "a pkmnlora pokemon",
@@ -64,30 +63,43 @@ def sample_grid(pipe: StableDiffusionPipeline, prompts: list[str], seed: int) ->
     return grid
 
 
-def set_up_tiny(model: ModelParams, seed: int, out: Path) -> dict:
-    settings = model.tiny
-    start = time.monotonic()
-    budget = settings.max_minutes * 60
-    components = build_components(seed)
-    corpus = make_corpus(settings.corpus_size, TINY_SIZE, seed)
-    stats = pretrain_vae(
-        components["vae"], corpus, settings.vae_steps, settings.vae_batch_size,
-        settings.learning_rate, seed, deadline=start + 0.3 * budget,
-    )  # fmt: skip
-    stats |= pretrain_unet(
-        components, corpus, settings.unet_steps, settings.unet_batch_size,
-        settings.learning_rate, seed, deadline=start + budget,
-    )  # fmt: skip
-    pipe = assemble(components)
-    pipe.save_pretrained(out / paths.TINY_PIPELINE.name)
+def set_up_shipped(seed: int, out: Path) -> dict:
+    """Verify the shipped weights against their record and copy them into `out`."""
+    if not SHIPPED_RECORD.is_file():
+        raise StageError(
+            f"{SHIPPED_RECORD} not found: the shipped tiny base model is missing from this "
+            "checkout; restore it with `git checkout -- stages/tiny_sd` or set model.base to "
+            "tiny-scratch to pretrain one (about an hour on 2 CPU cores)"
+        )
+    shipped = json.loads(SHIPPED_RECORD.read_text(encoding="utf-8"))
+    verify(SHIPPED, shipped["files"])
+    target = out / paths.TINY_PIPELINE.name
+    shutil.copytree(SHIPPED, target)
+    verify(target, shipped["files"])
+    pipe = StableDiffusionPipeline.from_pretrained(target, torch_dtype=torch.float32)
     sample_grid(pipe, SAMPLE_PROMPTS, seed).save(out / paths.BASE_SAMPLES.name)
-    stats["seconds"] = round(time.monotonic() - start, 1)
-    log.info("tiny base model pretrained in %.0f s: %s", stats["seconds"], stats)
-    fingerprint = folder_fingerprint(out / paths.TINY_PIPELINE.name, content=True)
+    log.info("shipped tiny base model (code %s) verified and in place", shipped["code"]["commit"])
     return {
         "kind": "tiny",
         "path": paths.TINY_PIPELINE.as_posix(),
-        "fingerprint": fingerprint,
+        "fingerprint": folder_fingerprint(target, content=True),
+        "made_with_code": shipped["code"]["commit"],
+        "prompt_following": shipped["prompt_following"]["overall"],
+    }
+
+
+def set_up_scratch(model: ModelParams, seed: int, out: Path) -> dict:
+    """Pretrain the tiny model with the recipe model.tiny, saved as the shipped one is."""
+    pipe, stats = pretrain(model.tiny, seed, TINY_SIZE)
+    target = out / paths.TINY_PIPELINE.name
+    save_half(pipe, target)
+    pipe = StableDiffusionPipeline.from_pretrained(target, torch_dtype=torch.float32)
+    sample_grid(pipe, SAMPLE_PROMPTS, seed).save(out / paths.BASE_SAMPLES.name)
+    log.info("tiny base model pretrained: %s", stats)
+    return {
+        "kind": "tiny-scratch",
+        "path": paths.TINY_PIPELINE.as_posix(),
+        "fingerprint": folder_fingerprint(target, content=True),
         "pretraining": stats,
     }
 
@@ -123,11 +135,14 @@ def folder_fingerprint(folder: Path, content: bool) -> str:
 
 
 def main() -> None:
+    deterministic_torch()
     params = load_params("base", "model")
     model = params.model
     with atomic_dir(paths.BASE_MODEL) as out:
         if model.base == "tiny":
-            record = set_up_tiny(model, params.base.seed, out)
+            record = set_up_shipped(params.base.seed, out)
+        elif model.base == "tiny-scratch":
+            record = set_up_scratch(model, params.base.seed, out)
         elif (Path(model.base).expanduser() / "model_index.json").is_file():
             folder = Path(model.base).expanduser().resolve()
             record = {

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.training_utils import EMAModel
 from tokenizers import pre_tokenizers
 from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -32,6 +32,7 @@ from stages.tensors import to_unit_range
 log = logging.getLogger(__name__)
 
 CONFIGS = Path(__file__).with_name("tiny_sd")
+TINY_SIZE = 64  # pixels: the tiny model's native resolution
 MAX_TOKENS = 16  # captions are short: "a water type pokemon"
 
 # Words the tokenizer knows whole; anything else (like the instance token "pkmnlora") is spelled
@@ -95,13 +96,18 @@ class Corpus:
     types: torch.Tensor  # N
 
 
-def make_corpus(count: int, size: int, seed: int) -> Corpus:
-    """`count` creatures, the types in turn, drawn from their own seed stream (never the
-    dataset's ids), on white like the processed training images."""
+PRETRAINING_IDS = 1_000_000  # first creature id of the pretraining corpus's seed stream
+
+
+def make_corpus(
+    count: int, size: int, seed: int, first_id: int = PRETRAINING_IDS, desc: str = "pretraining"
+) -> Corpus:
+    """`count` creatures, the types in turn, drawn from their own seed stream (ids from
+    `first_id`, never the dataset's), on white like the processed training images."""
     images, types = [], []
-    for i in tqdm(range(count), desc="draw pretraining corpus", unit="img"):
+    for i in tqdm(range(count), desc=f"draw {desc} corpus", unit="img"):
         type_index = i % len(TYPES)
-        rng = creature_rng(seed, 1_000_000 + i)
+        rng = creature_rng(seed, first_id + i)
         images.append(to_square(draw_creature(TYPES[type_index], rng, size), size, "#FFFFFF"))
         types.append(type_index)
     return Corpus(to_unit_range(images), torch.tensor(types))
@@ -124,30 +130,21 @@ def caption_for(type_index: int, rng: np.random.Generator) -> str:
     return f"a {word} pokemon"
 
 
-def _loop(
-    steps: int,
-    deadline: float,
-    desc: str,
-    step_fn: Callable[[int], float],
-) -> tuple[int, float]:
-    """Run step_fn(step) up to `steps` times or until `deadline`; returns (steps run, loss)."""
+def _loop(steps: int, desc: str, step_fn: Callable[[int], float]) -> float:
+    """Run step_fn(step) for every step (never fewer: the step count alone decides the model,
+    not the wall clock); returns the last loss."""
     bar = tqdm(range(steps), desc=desc, unit="step")
-    loss, done = math.nan, 0
+    loss = math.nan
     for step in bar:
-        if time.monotonic() > deadline:
-            log.warning("%s: time budget reached after %d of %d steps", desc, step, steps)
-            break
         loss = step_fn(step)
-        done = step + 1
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss:.4f}")
-    return done, loss
+    return loss
 
 
 def pretrain_vae(
-    vae: AutoencoderKL, corpus: Corpus, steps: int, batch_size: int, lr: float, seed: int,
-    deadline: float,
-) -> dict:  # fmt: skip
+    vae: AutoencoderKL, corpus: Corpus, steps: int, batch_size: int, lr: float, seed: int
+) -> dict:
     """Train the autoencoder to reconstruct creatures (L1 + a small KL term)."""
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
@@ -163,9 +160,9 @@ def pretrain_vae(
         optimizer.step()
         return loss.item()
 
-    done, loss = _loop(steps, deadline, "pretrain vae", step)
+    loss = _loop(steps, "pretrain vae", step)
     vae.eval()
-    return {"vae_steps": done, "vae_loss": loss}
+    return {"vae_steps": steps, "vae_loss": loss}
 
 
 @torch.inference_mode()
@@ -179,11 +176,19 @@ def encode_corpus(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 25
 
 
 def pretrain_unet(
-    components: dict, corpus: Corpus, steps: int, batch_size: int, lr: float, seed: int,
-    deadline: float, caption_dropout: float = 0.1,
-) -> dict:  # fmt: skip
+    components: dict,
+    corpus: Corpus,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    caption_dropout: float = 0.1,
+    ema_decay: float = 0.0,
+) -> dict:
     """Train UNet and text encoder together on cached latents, with caption dropout so that
-    classifier-free guidance works at sampling time."""
+    classifier-free guidance works at sampling time. With `ema_decay` > 0 the weights kept are
+    an exponential moving average of the trained ones (diffusers' EMAModel), which samples
+    cleaner than the last step's weights."""
     vae, unet, text_encoder = components["vae"], components["unet"], components["text_encoder"]
     tokenizer, scheduler = components["tokenizer"], components["scheduler"]
     latents = encode_corpus(vae, corpus.images)
@@ -199,6 +204,7 @@ def pretrain_unet(
     )
     rng = np.random.default_rng([seed, 2])
     generator = torch.Generator().manual_seed(seed)
+    ema = EMAModel(params, decay=ema_decay, use_ema_warmup=True) if ema_decay > 0 else None
 
     def step(_: int) -> float:
         index = rng.integers(0, len(latents), batch_size)
@@ -223,9 +229,29 @@ def pretrain_unet(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         lr_schedule.step()
+        if ema is not None:
+            ema.step(params)
         return loss.item()
 
-    done, loss = _loop(steps, deadline, "pretrain unet", step)
+    loss = _loop(steps, "pretrain unet", step)
+    if ema is not None:
+        ema.copy_to(params)
     unet.eval()
     text_encoder.eval()
-    return {"unet_steps": done, "unet_loss": loss, "scaling_factor": scaling}
+    return {"unet_steps": steps, "unet_loss": loss, "scaling_factor": scaling}
+
+
+def pretrain(settings, seed: int, size: int = TINY_SIZE) -> tuple[StableDiffusionPipeline, dict]:
+    """The tiny base model from scratch with the recipe `settings` (a TinyModelParams):
+    deterministic by its step counts and seed."""
+    components = build_components(seed)
+    corpus = make_corpus(settings.corpus_size, size, seed)
+    stats = pretrain_vae(
+        components["vae"], corpus, settings.vae_steps, settings.vae_batch_size,
+        settings.learning_rate, seed,
+    )  # fmt: skip
+    stats |= pretrain_unet(
+        components, corpus, settings.unet_steps, settings.unet_batch_size,
+        settings.learning_rate, seed, ema_decay=settings.ema_decay,
+    )  # fmt: skip
+    return assemble(components), stats
