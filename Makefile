@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo pipeline test lint format clean-venv dashboard chromium
+.PHONY: setup demo pipeline lock test lint format clean-venv dashboard chromium
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,13 @@ demo: setup
 	$(BIN)/python -m dashboard.serve --repo . --host $(HOST) --port $(PORT) --token '$(TOKEN)'
 
 pipeline: demo
+
+# After a change that alters an output: run the pipeline and note the machine the committed
+# dvc.lock was made on (tests/test_lock_reproduced.py compares a fresh run against both).
+lock: setup
+	$(BIN)/python -m stages.params
+	$(BIN)/dvc repro
+	$(BIN)/python -m stages.determinism > outputs/lock_machine.json
 
 # The dashboard's browser tests drive Debian's Chromium (never a downloaded browser).
 chromium:

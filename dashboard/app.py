@@ -123,6 +123,17 @@ def _digest(file: str | None) -> str | None:
         return None
 
 
+def interval(row: pd.Series, metric: str) -> str:
+    """` [low, high]`: the metric's 95 % interval where evaluate wrote one (`<metric>_low`,
+    `<metric>_high`), so that a person sees whether two figures differ by more than noise."""
+    low, high = (
+        pd.to_numeric(row.get(f"{metric}_{end}"), errors="coerce") for end in ("low", "high")
+    )
+    if pd.isna(low) or pd.isna(high):
+        return ""
+    return f" [{format_cell(low)}, {format_cell(high)}]"
+
+
 class Dashboard:
     """The app over the DVC repository at `repo` (default: found from here upwards)."""
 
@@ -623,7 +634,7 @@ class Dashboard:
             and not row.empty
             and pd.notna(pd.to_numeric(row.iloc[0][metric], errors="coerce"))
         ):
-            return f"{metric} {format_cell(row.iloc[0][metric])}"
+            return f"{metric} {format_cell(row.iloc[0][metric])}{interval(row.iloc[0], metric)}"
         return ""
 
     def draw_gallery(self) -> None:

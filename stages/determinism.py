@@ -11,6 +11,7 @@ GPU, cuBLAS needs its workspace fixed for that).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 from pathlib import Path
@@ -44,3 +45,13 @@ def cpu_description() -> dict[str, str]:
                 name = line.split(":", 1)[1].strip()
                 break
     return {"model": name, "torch_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def lock_machine() -> dict[str, object]:
+    """What the committed dvc.lock's float results depend on besides data, code and params."""
+    return {**cpu_description(), "torch": torch.__version__, "threads": THREADS}
+
+
+if __name__ == "__main__":
+    # `make lock` writes this beside the outputs it made: outputs/lock_machine.json
+    print(json.dumps(lock_machine(), indent=2))

@@ -2,7 +2,11 @@
 compared on a number and not only by eye.
 
 type_fidelity_base / type_fidelity_lora: the share of base and of LoRA images that the
-classifier calls base.pokemon_type; lift: their difference. diversity_*: the mean pairwise
+classifier calls base.pokemon_type, each with its 95 % Wilson score interval (*_low, *_high);
+lift: their difference, with Newcombe's hybrid score interval (lift_low, lift_high), so that a
+difference whose interval holds 0 reads as noise. The interval treats the two sets of images as
+independent; they share their initial noise, which only makes it wider than a paired one would
+be. diversity_*: the mean pairwise
 distance between the images of a variant (root mean square pixel difference, 0 to 1), so that a
 LoRA that draws one creature over and over shows. Every image's score goes to predictions.csv.
 """
@@ -16,10 +20,12 @@ import logging
 import numpy as np
 import pandas as pd
 from PIL import Image
+from scipy.stats import binomtest
 
 from stages import paths
 from stages.classifier import load_classifier, scores, to_tensor
 from stages.cli import run_stage
+from stages.determinism import deterministic_torch
 from stages.errors import StageError
 from stages.fsutil import atomic_dir, atomic_write_json
 
@@ -44,25 +50,69 @@ def diversity(images: list[Image.Image]) -> float:
     return float(np.mean([np.sqrt(np.mean((a - b) ** 2)) for a, b in pairs]))
 
 
+CONFIDENCE = 0.95
+
+
+def wilson_interval(hits: int, count: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The Wilson score interval of a proportion hits/count (scipy's binomtest)."""
+    interval = binomtest(hits, count).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+def difference_interval(
+    p1: float, interval1: tuple[float, float], p2: float, interval2: tuple[float, float]
+) -> tuple[float, float]:
+    """Newcombe's hybrid score interval of p1 - p2 from the two Wilson intervals (method 10 of
+    Newcombe 1998, Statistics in Medicine 17: 873-890)."""
+    (low1, high1), (low2, high2) = interval1, interval2
+    difference = p1 - p2
+    return (
+        difference - float(np.hypot(p1 - low1, high2 - p2)),
+        difference + float(np.hypot(high1 - p1, p2 - low2)),
+    )
+
+
+def fidelity_metrics(called: dict[str, np.ndarray]) -> dict[str, float]:
+    """Type fidelity of each variant with its interval, and the LoRA's lift over the base."""
+    metrics: dict[str, float] = {}
+    intervals = {}
+    for variant, hits in called.items():
+        share = float(hits.mean())
+        intervals[variant] = wilson_interval(int(hits.sum()), len(hits))
+        metrics[f"type_fidelity_{variant}"] = share
+        metrics[f"type_fidelity_{variant}_low"], metrics[f"type_fidelity_{variant}_high"] = (
+            intervals[variant]
+        )
+    lora, base = metrics["type_fidelity_lora"], metrics["type_fidelity_base"]
+    metrics["lift"] = lora - base
+    metrics["lift_low"], metrics["lift_high"] = difference_interval(
+        lora, intervals["lora"], base, intervals["base"]
+    )
+    return {key: round(value, 4) for key, value in metrics.items()}
+
+
 def main() -> None:
+    deterministic_torch()
     model, config = load_classifier()
     entries = read_generated()
-    rows, metrics = [], {}
+    rows, called, diversities = [], {}, {}
     for variant in VARIANTS:
         images = [Image.open(paths.GENERATED / entry[variant]) for entry in entries]
         probability = scores(model, to_tensor(images, config["image_size"])).numpy()
-        called = probability >= config["threshold"]
-        metrics[f"type_fidelity_{variant}"] = float(called.mean())
-        metrics[f"diversity_{variant}"] = diversity(images)
-        for entry, p, c in zip(entries, probability, called, strict=True):
+        called[variant] = probability >= config["threshold"]
+        diversities[f"diversity_{variant}"] = round(diversity(images), 4)
+        for entry, p, c in zip(entries, probability, called[variant], strict=True):
             rows.append(
                 {"variant": variant, "prompt": entry["prompt"], "seed": entry["seed"],
                  "image": entry[variant], "probability": round(float(p), 4),
                  f"is_{config['pokemon_type'].lower()}": bool(c)}
             )  # fmt: skip
-    metrics["lift"] = metrics["type_fidelity_lora"] - metrics["type_fidelity_base"]
-    metrics["images"] = len(entries)
-    metrics = {"pokemon_type": config["pokemon_type"], **metrics}
+    metrics = {
+        "pokemon_type": config["pokemon_type"],
+        **fidelity_metrics(called),
+        **diversities,
+        "images": len(entries),
+    }
     with atomic_dir(paths.EVALUATION) as out:
         pd.DataFrame(rows).to_csv(out / "predictions.csv", index=False)
         atomic_write_json(out / "metrics.json", metrics)

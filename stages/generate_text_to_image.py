@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from stages import paths
 from stages.cli import run_stage
+from stages.determinism import deterministic_torch
 from stages.diffusion import load_pipeline, pick_device, pick_dtype, read_model_record
 from stages.fsutil import atomic_dir, atomic_write_json
 from stages.params import GenerateParams, load_params
@@ -93,6 +94,7 @@ def comparison_grid(
 
 
 def main() -> None:
+    deterministic_torch()
     params = load_params("model", "generate")
     settings = params.generate
     device = pick_device()

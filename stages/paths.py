@@ -38,7 +38,7 @@ BASE_SAMPLES = BASE_MODEL / "samples.png"  # one creature per type prompt, to se
 LORA = OUTPUTS / "lora"  # pytorch_lora_weights.safetensors + the resolved params
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 TRAIN_LORA = OUTPUTS / "train_lora"  # dvclive: metrics.json, plots/metrics/loss.tsv
-CHECKPOINTS = OUTPUTS / "checkpoints" / "train_lora"  # persisted: survives DVC's clean-up
+TRAIN_LORA_TIMING = TRAIN_LORA / "timing.json"  # seconds and images/s: not an output (git-ignored)
 
 # generate_text_to_image
 GENERATED = OUTPUTS / "generated"  # base/<prompt-slug>/seed-<n>.png, lora/..., grid.png

@@ -12,10 +12,8 @@ every file (set_up_diffusers refuses a folder that does not match) and the figur
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -28,48 +26,12 @@ from stages.determinism import THREADS, cpu_description, deterministic_torch
 from stages.errors import StageError
 from stages.params import load_params
 from stages.prompt_following import make_judge, prompt_following
+from stages.shipped import SHIPPED, SHIPPED_RECORD, file_hashes, save_half
 from stages.tiny_model import CONFIGS, TINY_SIZE, pretrain
 
 log = logging.getLogger(__name__)
 
-SHIPPED = CONFIGS / "pretrained"  # the shipped diffusers folder, weights in float16
-SHIPPED_RECORD = CONFIGS / "pretrained.json"
 JUDGED_SEEDS = list(range(16))  # images per type prompt in the prompt-following figure
-
-
-def file_hashes(folder: Path) -> dict[str, str]:
-    """sha256 of every file in `folder`, by path relative to it, in sorted order."""
-    return {
-        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(p for p in folder.rglob("*") if p.is_file())
-    }
-
-
-def verify(folder: Path, expected: dict[str, str]) -> None:
-    """Raise a StageError naming every file of `folder` that differs from `expected`."""
-    found = file_hashes(folder) if folder.is_dir() else {}
-    wrong = sorted(
-        f"{name} ({'missing' if name not in found else 'sha256 ' + found[name][:12]}, "
-        f"expected {digest[:12]})"
-        for name, digest in expected.items()
-        if found.get(name) != digest
-    )
-    extra = sorted(set(found) - set(expected))
-    if wrong or extra:
-        raise StageError(
-            f"the shipped tiny base model in {folder} is not the one its record describes: "
-            + "; ".join(wrong + [f"{name} (not in the record)" for name in extra])
-            + f". Restore it with `git checkout -- {folder}` or make it anew with "
-            "`python -m stages.pretrain_tiny`"
-        )
-
-
-def save_half(pipe: StableDiffusionPipeline, folder: Path) -> None:
-    """Save in float16: half the size, and the model samples the same (the figures in the
-    record are measured on the reloaded float16 weights)."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
 
 
 def code_commit() -> dict[str, object]:

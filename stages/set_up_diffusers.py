@@ -31,7 +31,7 @@ from stages.errors import StageError
 from stages.fsutil import atomic_dir, atomic_write_json
 from stages.params import ModelParams, load_params
 from stages.pokemon import TYPES
-from stages.pretrain_tiny import SHIPPED, SHIPPED_RECORD, save_half, verify
+from stages.shipped import SHIPPED, SHIPPED_RECORD, save_half, upcast_copy, verify
 from stages.tiny_model import TINY_SIZE, pretrain
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def sample_grid(pipe: StableDiffusionPipeline, prompts: list[str], seed: int) ->
 
 
 def set_up_shipped(seed: int, out: Path) -> dict:
-    """Verify the shipped weights against their record and copy them into `out`."""
+    """Verify the shipped weights against their record and put them into `out`, upcast to
+    float32 (exactly: every float16 is a float32)."""
     if not SHIPPED_RECORD.is_file():
         raise StageError(
             f"{SHIPPED_RECORD} not found: the shipped tiny base model is missing from this "
@@ -74,9 +75,8 @@ def set_up_shipped(seed: int, out: Path) -> dict:
     shipped = json.loads(SHIPPED_RECORD.read_text(encoding="utf-8"))
     verify(SHIPPED, shipped["files"])
     target = out / paths.TINY_PIPELINE.name
-    shutil.copytree(SHIPPED, target)
-    verify(target, shipped["files"])
-    pipe = StableDiffusionPipeline.from_pretrained(target, torch_dtype=torch.float32)
+    upcast_copy(SHIPPED, target)
+    pipe = StableDiffusionPipeline.from_pretrained(target)
     sample_grid(pipe, SAMPLE_PROMPTS, seed).save(out / paths.BASE_SAMPLES.name)
     log.info("shipped tiny base model (code %s) verified and in place", shipped["code"]["commit"])
     return {
@@ -89,11 +89,14 @@ def set_up_shipped(seed: int, out: Path) -> dict:
 
 
 def set_up_scratch(model: ModelParams, seed: int, out: Path) -> dict:
-    """Pretrain the tiny model with the recipe model.tiny, saved as the shipped one is."""
+    """Pretrain the tiny model with the recipe model.tiny, rounded to float16 as the shipped
+    one is: the shipped recipe gives the shipped model's files."""
     pipe, stats = pretrain(model.tiny, seed, TINY_SIZE)
     target = out / paths.TINY_PIPELINE.name
-    save_half(pipe, target)
-    pipe = StableDiffusionPipeline.from_pretrained(target, torch_dtype=torch.float32)
+    save_half(pipe, out / "float16")
+    upcast_copy(out / "float16", target)
+    shutil.rmtree(out / "float16")
+    pipe = StableDiffusionPipeline.from_pretrained(target)
     sample_grid(pipe, SAMPLE_PROMPTS, seed).save(out / paths.BASE_SAMPLES.name)
     log.info("tiny base model pretrained: %s", stats)
     return {

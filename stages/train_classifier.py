@@ -29,6 +29,7 @@ from stages.classifier import (
     to_tensor,
 )
 from stages.cli import run_stage
+from stages.determinism import deterministic_torch
 from stages.errors import StageError
 from stages.fsutil import atomic_dir
 from stages.params import load_params
@@ -68,6 +69,7 @@ def held_out_metrics(truth: np.ndarray, probability: np.ndarray, threshold: floa
 
 
 def main() -> None:
+    deterministic_torch()
     params = load_params("base", "classifier")
     cfg, seed, pokemon_type = params.classifier, params.base.seed, params.base.pokemon_type
     if pokemon_type == "all":

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from stages import paths
 from stages.cli import run_stage
+from stages.determinism import deterministic_torch
 from stages.diffusion import load_pipeline, read_model_record
 from stages.errors import StageError, StageInterrupted
 from stages.fsutil import atomic_dir, atomic_write_json
@@ -167,8 +168,9 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
                 f"in {checkpoint_file}. Run it again (dvc repro) to resume from there."
             )
     stop.restore()
-    metrics = run_metrics(cfg, history, start_step, time.monotonic() - started)
+    metrics = run_metrics(history, cfg.max_steps)
     close_live(live, metrics)
+    write_timing(cfg, start_step, time.monotonic() - started)
 
     with atomic_dir(paths.LORA) as out:
         save_lora(out, *run.trained_unwrapped())
@@ -311,21 +313,28 @@ def log_step(live, entry: dict) -> None:
     live.next_step()
 
 
-def run_metrics(
-    cfg: TrainLoraParams, history: list[dict], start_step: int, seconds: float
-) -> dict:
-    """The run's summary: final loss (mean of the last tenth of the steps) and speed."""
+def run_metrics(history: list[dict], steps: int) -> dict:
+    """The run's summary: final loss (mean of the last tenth of the steps). Nothing that depends
+    on the machine's speed: metrics.json is an output whose md5 goes into dvc.lock."""
     tail = history[-max(1, len(history) // 10) :]
+    return {"final_loss": float(np.mean([h["loss"] for h in tail])), "steps": steps}
+
+
+def write_timing(cfg: TrainLoraParams, start_step: int, seconds: float) -> None:
+    """How long this run took and from which step it resumed, printed and kept in
+    outputs/train_lora/timing.json: beside the outputs, never in them (it differs every run)."""
     steps_run = cfg.max_steps - start_step
-    return {
-        "final_loss": float(np.mean([h["loss"] for h in tail])),
-        "steps": cfg.max_steps,
-        "resumed_from_step": start_step,
+    timing = {
         "seconds": round(seconds, 2),
         "images_per_second": round(
             steps_run * cfg.batch_size * cfg.gradient_accumulation / max(seconds, 1e-9), 2
         ),
+        "resumed_from_step": start_step,
     }
+    log.info("train_lora: %d steps in %.1f s (%.1f images/s)%s", steps_run, seconds,
+             timing["images_per_second"],
+             f", resumed from step {start_step}" if start_step else "")  # fmt: skip
+    atomic_write_json(paths.TRAIN_LORA_TIMING, timing)
 
 
 def denoising_loss(
@@ -370,6 +379,7 @@ def weighted_loss(prediction, target, timesteps, noise_scheduler, cfg: TrainLora
 
 
 def main() -> None:
+    deterministic_torch()
     params = load_params("base", "train_lora")
     train(params.train_lora, params.base.seed)
 

@@ -6,9 +6,12 @@ import json
 import re
 import subprocess
 
+import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
+from stages.evaluate import difference_interval, fidelity_metrics, wilson_interval
 from tests.conftest import REPO, TINY, Workdir, stage_env
 
 
@@ -55,10 +58,40 @@ def test_evaluate_scores_every_generated_image(pipeline_run):
     assert len(predictions) == 2 * pairs == 2 * metrics["images"]
     for variant in ("base", "lora"):
         rows = predictions[predictions["variant"] == variant]
-        assert metrics[f"type_fidelity_{variant}"] == rows["is_water"].mean()
+        share = metrics[f"type_fidelity_{variant}"]
+        assert share == pytest.approx(rows["is_water"].mean(), abs=1e-4)
+        low, high = (
+            metrics[f"type_fidelity_{variant}_low"],
+            metrics[f"type_fidelity_{variant}_high"],
+        )
+        assert 0 <= low <= share <= high <= 1 and high - low > 0.1  # 4 images: a wide interval
         assert 0 <= metrics[f"diversity_{variant}"] <= 1
-    assert metrics["lift"] == metrics["type_fidelity_lora"] - metrics["type_fidelity_base"]
+    lift = metrics["type_fidelity_lora"] - metrics["type_fidelity_base"]
+    assert metrics["lift"] == pytest.approx(lift, abs=1e-4)
+    assert -1 <= metrics["lift_low"] <= metrics["lift"] <= metrics["lift_high"] <= 1
     assert predictions["probability"].between(0, 1).all()
+
+
+def test_intervals_match_newcombes_published_examples():
+    """Newcombe (1998): Wilson 81/263 is 0.2553 to 0.3662 (Statistics in Medicine 17: 857);
+    the hybrid score interval of 56/70 - 48/80 is 0.0524 to 0.3339 (ibid. 873, method 10)."""
+    assert wilson_interval(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    first, second = wilson_interval(56, 70), wilson_interval(48, 80)
+    assert difference_interval(56 / 70, first, 48 / 80, second) == pytest.approx(
+        (0.0524, 0.3339), abs=1e-4
+    )
+
+
+def test_fidelity_metrics_tell_a_real_lift_from_noise():
+    clear = fidelity_metrics(
+        {"base": np.array([1] * 4 + [0] * 44), "lora": np.array([1] * 32 + [0] * 16)}
+    )
+    assert clear["lift"] == pytest.approx(28 / 48, abs=1e-4) and clear["lift_low"] > 0.3
+    assert clear["type_fidelity_base_high"] < clear["type_fidelity_lora_low"]
+    noise = fidelity_metrics(
+        {"base": np.array([1] * 2 + [0] * 2), "lora": np.array([1] * 3 + [0])}
+    )
+    assert noise["lift_low"] < 0 < noise["lift_high"]
 
 
 def report_command(work: Workdir) -> str:
@@ -98,4 +131,15 @@ def test_report_notebook_runs_with_the_injected_params(pipeline_run):
     html = (work.path / "outputs/report/report.html").read_text()
     assert "LoRA training loss" in html and "Base and LoRA, from the same noise" in html
     assert "data:image/png;base64" in html  # the grid is embedded: the file opens on its own
+    # no wall clock in the outputs: a second run writes the same bytes
+    assert "start_time" not in json.dumps(notebook) and '"execution"' not in json.dumps(notebook)
+    first = {p.name: p.read_bytes() for p in (work.path / "outputs/report").iterdir()}
+    again = subprocess.run(
+        report_command(work), shell=True, cwd=work.path, env=stage_env(work.cache),
+        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = {p.name: p.read_bytes() for p in (work.path / "outputs/report").iterdir()}
+    assert first.keys() == second.keys() == {"report.ipynb", "report.html"}
+    assert all(first[name] == second[name] for name in first)
     work.write_params(**TINY)
