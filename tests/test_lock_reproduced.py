@@ -56,6 +56,10 @@ def outs(lock: dict) -> dict[str, str]:
     }
 
 
+def committed_steps(repo) -> int:
+    return json.loads((repo / "outputs/train_lora/metrics.json").read_text())["steps"]
+
+
 def test_dvc_repro_from_nothing_reproduces_the_committed_lock(tmp_path):
     repo = tmp_path / "clone"
     repo.mkdir()
@@ -63,6 +67,16 @@ def test_dvc_repro_from_nothing_reproduces_the_committed_lock(tmp_path):
     committed = yaml.safe_load((repo / "dvc.lock").read_text())
     note = json.loads((repo / MACHINE_NOTE).read_text())
     metrics_before = {name: json.loads((repo / name).read_text()) for name in TOLERANCES}
+
+    # a clone reads the committed figures and curves without a pull: they are in git
+    shown = dvc(repo, tmp_path / "cache", "metrics", "show", "--json")
+    assert "failed" not in shown.lower() and "\"error\"" not in shown
+    assert '"type_fidelity_lora"' in shown and '"f1"' in shown
+    curves = json.loads(
+        dvc(repo, tmp_path / "cache", "plots", "diff", "HEAD", "--json", "-o", str(tmp_path / "p"))
+    )["data"]
+    loss = curves["outputs/train_lora/plots/metrics/loss.tsv"][0]["content"]["data"]["values"]
+    assert len(loss) == committed_steps(repo)
 
     output = dvc(repo, tmp_path / "cache", "repro")
     assert "Running stage 'train_lora'" in output  # it ran, from nothing
