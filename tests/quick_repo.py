@@ -14,7 +14,12 @@ from dashboard.dvc_cli import dvc_env
 from tests.conftest import REPO, default_params, merged
 
 QUICK = Path(__file__).parent / "quick_pipeline"
-QUICK_PARAMS = {"resize": {"size": 48}, "train_lora": {"max_steps": 40}}
+# Six seeds a prompt: the tests count gallery rows for these, whatever the real default is.
+QUICK_PARAMS = {
+    "resize": {"size": 48},
+    "train_lora": {"max_steps": 40},
+    "generate": {"seeds": [0, 1, 2, 3, 4, 5]},
+}
 
 
 def run(repo: Path, *command: str, timeout: float = 300) -> str:

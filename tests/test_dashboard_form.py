@@ -44,7 +44,7 @@ def test_every_param_of_params_yaml_has_a_field():
 
 def test_fields_show_the_workspace_values(form: LaunchForm):
     assert form.inputs["train_lora.rank"].value == "4"
-    assert form.inputs["train_lora.learning_rate"].value == "0.0005"
+    assert form.inputs["train_lora.learning_rate"].value == "0.001"
     assert form.inputs["generate.prompts"].value == '["a pkmnlora pokemon", "a pokemon"]'
     assert form.inputs["model.revision"].value == "null"
     assert "Change a value" in form.summary.value

@@ -70,7 +70,7 @@ def test_dvc_repro_from_nothing_reproduces_the_committed_lock(tmp_path):
 
     # a clone reads the committed figures and curves without a pull: they are in git
     shown = dvc(repo, tmp_path / "cache", "metrics", "show", "--json")
-    assert "failed" not in shown.lower() and "\"error\"" not in shown
+    assert "failed" not in shown.lower() and '"error"' not in shown
     assert '"type_fidelity_lora"' in shown and '"f1"' in shown
     curves = json.loads(
         dvc(repo, tmp_path / "cache", "plots", "diff", "HEAD", "--json", "-o", str(tmp_path / "p"))
