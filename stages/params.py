@@ -117,15 +117,15 @@ SCHEDULERS = ("ddim", "dpm++", "euler")
 
 class TinyModelParams(Section):
     corpus_size: int = Field(
-        1800, ge=18, le=100_000, description="Synthetic creatures the tiny base model learns from"
+        5400, ge=18, le=100_000, description="Synthetic creatures the tiny base model learns from"
     )
-    vae_steps: int = Field(600, ge=0, le=100_000, description="Autoencoder training steps")
-    unet_steps: int = Field(2400, ge=0, le=1_000_000, description="UNet training steps")
+    vae_steps: int = Field(2000, ge=0, le=100_000, description="Autoencoder training steps")
+    unet_steps: int = Field(14000, ge=0, le=1_000_000, description="UNet training steps")
     vae_batch_size: int = Field(16, ge=1, le=1024, description="Images per autoencoder step")
     unet_batch_size: int = Field(32, ge=1, le=1024, description="Images per UNet step")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate")
     ema_decay: float = Field(
-        0.0, ge=0, lt=1, description="Decay of the UNet's moving average of weights (0: none)"
+        0.999, ge=0, lt=1, description="Decay of the UNet's moving average of weights (0: none)"
     )
 
 
@@ -171,10 +171,10 @@ class TrainLoraParams(Section):
         description="UNet attention layers that get LoRA adapters",
     )
     train_text_encoder: bool = Field(False, description="Also put LoRA on the text encoder")
-    max_steps: int = Field(300, ge=1, le=1_000_000, description="Optimizer steps")
+    max_steps: int = Field(600, ge=1, le=1_000_000, description="Optimizer steps")
     batch_size: int = Field(8, ge=1, le=1024, description="Images per forward pass")
     gradient_accumulation: int = Field(1, ge=1, le=1024, description="Passes per optimizer step")
-    learning_rate: float = Field(5e-4, gt=0, le=1, description="AdamW peak learning rate")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW peak learning rate")
     lr_scheduler: Literal["constant", "cosine", "linear"] = Field(
         "cosine", description="Learning-rate schedule after warm-up"
     )
@@ -202,7 +202,7 @@ class GenerateParams(Section):
         ["a pkmnlora pokemon", "a pokemon"], min_length=1, description="Prompts to draw"
     )
     seeds: list[int] = Field(
-        [0, 1, 2, 3, 4, 5], min_length=1, description="One image per prompt and seed"
+        list(range(24)), min_length=1, description="One image per prompt and seed"
     )
     scheduler: Literal[SCHEDULERS] = Field(  # type: ignore[valid-type]
         "dpm++", description="Sampler: ddim, dpm++ (DPM-Solver++) or euler"

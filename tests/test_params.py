@@ -104,7 +104,8 @@ def test_params_are_read_as_yaml_1_2_like_dvc_writes_them(tmp_path):
     """`dvc exp run -S train_lora.mixed_precision=no` writes a bare `no`: a string, not False."""
     path = write(tmp_path)
     text = path.read_text().replace("mixed_precision: 'no'", "mixed_precision: no")
-    path.write_text(text.replace("learning_rate: 0.0005", "learning_rate: 5e-4"))
+    assert "learning_rate: 0.001" in text
+    path.write_text(text.replace("learning_rate: 0.001", "learning_rate: 2e-4"))
     params = load_params("train_lora", path=path)
     assert params.train_lora.mixed_precision == "no"
-    assert params.train_lora.learning_rate == 5e-4
+    assert params.train_lora.learning_rate == 2e-4
