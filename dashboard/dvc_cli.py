@@ -59,8 +59,12 @@ def git_refs(repo: Path, *prefixes: str, timeout: float = 30.0) -> dict[str, str
     return dict(line.split(" ", 1) for line in listed.splitlines() if " " in line)
 
 
-def run_dvc(args: list[str], repo: Path, timeout: float = 60.0) -> str:
-    """stdout of `dvc <args>` run in `repo`; DvcError when it fails or runs past `timeout` s."""
+def run_dvc(args: list[str], repo: Path, timeout: float = 60.0, write: bool = False) -> str:
+    """stdout of `dvc <args>` run in `repo`; DvcError when it fails or runs past `timeout` s.
+
+    A `write` (a command that changes the workspace, the refs or a remote: apply, remove,
+    push, pull, checkout) is never killed part-way: it runs to its end however long it takes;
+    time-outs are for reads."""
     command = [dvc_executable(), *args]
     shown = "dvc " + " ".join(args)
     if not (Path(repo) / ".dvc").is_dir():
@@ -70,7 +74,7 @@ def run_dvc(args: list[str], repo: Path, timeout: float = 60.0) -> str:
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         try:
             code = subprocess.run(
-                command, cwd=repo, stdout=out, stderr=err, timeout=timeout,
+                command, cwd=repo, stdout=out, stderr=err, timeout=None if write else timeout,
                 stdin=subprocess.DEVNULL, env=dvc_env(),
             ).returncode  # fmt: skip
         except subprocess.TimeoutExpired:
