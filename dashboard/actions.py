@@ -209,6 +209,19 @@ def pull(repo: Path, remote: str) -> str:
     return f"Pulled {', '.join(names)} from {remote}{fetched}."
 
 
+def experiment_ref(baseline: str, name: str) -> str:
+    """The full git ref of experiment `name` of baseline commit `baseline`
+    (refs/exps/ab/cdef.../name): what every action passes to dvc, so that a name such as `-A`
+    or `main` is never read as an option or a branch."""
+    if not re.fullmatch(r"[0-9a-f]{40}", baseline or ""):
+        raise ValueError(f"{baseline!r} is not a baseline commit sha")
+    if not name or "/" in name:
+        raise ValueError(f"{name!r} is not an experiment name")
+    ref = f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}"
+    assert EXPERIMENT_REF.match(ref)
+    return ref
+
+
 def experiment_refs(repo: Path) -> dict[str, str]:
     """{git ref: commit} of every experiment (refs/exps/<baseline>/<name>)."""
     return {ref: sha for ref, sha in git_refs(repo, "refs/exps").items()
