@@ -6,6 +6,7 @@ launch form from the same models. `python -m stages.params` checks the whole fil
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -328,10 +329,26 @@ def load_params(*sections: str, path: Path = paths.PARAMS) -> Params:
     return Params.model_construct(**values)
 
 
-def main() -> None:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else paths.PARAMS
-    load_params(path=path)
-    print(f"{path}: ok")
+STAMP_TEXT = (
+    "params.yaml passed python -m stages.params. Every stage of dvc.yaml depends on this file,\n"
+    "so a bad value stops the pipeline at check_params, before any stage deletes its outputs.\n"
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Validate every section of params.yaml; with --stamp (the check_params stage), write a
+    file whose content never changes, which every other stage lists in its deps: DVC deletes a
+    stage's outputs right before running it, so the whole file is checked first, and a good
+    change re-runs only the stages that read it (the stamp's hash stays the same)."""
+    parser = argparse.ArgumentParser(description="Validate params.yaml.")
+    parser.add_argument("path", nargs="?", type=Path, default=paths.PARAMS)
+    parser.add_argument("--stamp", type=Path, help="write this constant file when valid")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    load_params(path=args.path)
+    if args.stamp:
+        args.stamp.parent.mkdir(parents=True, exist_ok=True)
+        args.stamp.write_text(STAMP_TEXT, encoding="utf-8")
+    print(f"{args.path}: ok")
 
 
 if __name__ == "__main__":

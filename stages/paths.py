@@ -27,6 +27,8 @@ RESIZE_REPORT = PROCESSED / "resize_report.json"
 METADATA = "metadata.jsonl"
 
 OUTPUTS = Path("outputs")
+# check_params: a constant file every stage depends on (stages.params --stamp)
+PARAMS_STAMP = OUTPUTS / "params_checked.txt"
 
 # set_up_diffusers
 BASE_MODEL = OUTPUTS / "base_model"

@@ -73,7 +73,8 @@ def test_repro_caches_and_an_experiment_reruns_only_what_changed(tmp_path):
 
     first = dvc(repo, cache, "repro", "resize_pokemon_images")
     assert ran(first) == [
-        "download_pokemon_stats", "scrape_pokemon_images", "resize_pokemon_images",
+        "check_params", "download_pokemon_stats", "scrape_pokemon_images",
+        "resize_pokemon_images",
     ]  # fmt: skip
     metadata = (repo / "data/processed/images/metadata.jsonl").read_text().splitlines()
     assert len(metadata) == 540
@@ -89,7 +90,7 @@ def test_repro_caches_and_an_experiment_reruns_only_what_changed(tmp_path):
 
     git(repo, "commit", "-qm", "first run")
     experiment = dvc(repo, cache, "exp", "run", "resize_pokemon_images", "-S", "resize.size=32")
-    assert ran(experiment) == ["resize_pokemon_images"]
+    assert ran(experiment) == ["check_params", "resize_pokemon_images"]
     images = sorted((repo / "data/processed/images").glob("*.png"))
     assert len(images) == 540 and Image.open(images[0]).size == (32, 32)
     lock = (repo / "dvc.lock").read_text()
@@ -101,6 +102,46 @@ def test_repro_caches_and_an_experiment_reruns_only_what_changed(tmp_path):
         for e in experiments
         for rev in e["revs"]
     )
+
+
+def test_a_bad_param_stops_the_pipeline_before_any_output_is_deleted(tmp_path):
+    """DVC deletes a stage's outputs right before it runs it; a stage that validated its own
+    params only once started lost its outputs to a typo. check_params validates the whole
+    params.yaml first, so every output stays, and a good change re-runs only its readers."""
+    repo, cache = make_repo(tmp_path), tmp_path / "cache"
+    dvc(repo, cache, "repro", "resize_pokemon_images")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "first run")
+    outputs = sorted(
+        p for folder in ("data", "outputs") for p in (repo / folder).rglob("*") if p.is_file()
+    )
+    images = [p for p in outputs if p.suffix == ".png"]
+    assert len(images) > 500
+    before = {p: p.read_bytes() for p in outputs}
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["resize"]["size"] = -3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    result = subprocess.run(
+        ["dvc", "repro"], cwd=repo, env=stage_env(cache), capture_output=True, text=True,
+        timeout=600, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    said = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert ran(said) == ["check_params"], said
+    assert "resize.size = -3 is not allowed" in said
+    # Every output as it was, bar the check's own stamp (DVC removes it before the check runs).
+    stamp = repo / "outputs" / "params_checked.txt"
+    kept = {p: p.read_bytes() for p in outputs if p.is_file()}
+    assert {p: b for p, b in before.items() if p != stamp} == {
+        p: b for p, b in kept.items() if p != stamp
+    }
+
+    params["resize"]["size"] = 32
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    good = dvc(repo, cache, "repro", "resize_pokemon_images")
+    assert ran(good) == ["check_params", "resize_pokemon_images"], good
+    assert stamp.read_bytes() == before[stamp]  # the same hash: nothing else re-runs for it
 
 
 def exp_names(repo: Path, cache: Path) -> dict[str, dict]:
@@ -119,8 +160,8 @@ def test_whole_pipeline_then_two_experiments_compared_by_dvc_metrics_and_plots(t
     repo, cache = make_repo(tmp_path, **TINY), tmp_path / "cache"
     first = dvc(repo, cache, "repro")
     assert sorted(ran(first)) == sorted(
-        ["download_pokemon_stats", "scrape_pokemon_images", "resize_pokemon_images",
-         "set_up_diffusers", "train_lora", "generate_text_to_image",
+        ["check_params", "download_pokemon_stats", "scrape_pokemon_images",
+         "resize_pokemon_images", "set_up_diffusers", "train_lora", "generate_text_to_image",
          "train_classifier", "evaluate", "report"]
     )  # fmt: skip
     assert (repo / "outputs/generated/grid.png").is_file()
@@ -129,7 +170,9 @@ def test_whole_pipeline_then_two_experiments_compared_by_dvc_metrics_and_plots(t
     git(repo, "commit", "-qm", "baseline")
 
     experiment = dvc(repo, cache, "exp", "run", "-n", "rank-8", "-S", "train_lora.rank=8")
-    assert ran(experiment) == ["train_lora", "generate_text_to_image", "evaluate", "report"]
+    assert ran(experiment) == [
+        "check_params", "train_lora", "generate_text_to_image", "evaluate", "report",
+    ]  # fmt: skip
     dvc(repo, cache, "exp", "run", "-n", "rank-2", "-S", "train_lora.rank=2")
     experiments = exp_names(repo, cache)
     ranks = {name: data["params"]["params.yaml"]["data"]["train_lora"]["rank"]
