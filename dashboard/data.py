@@ -22,6 +22,9 @@ import pandas as pd
 
 FIXED_COLUMNS = ["id", "name", "kind", "state", "created", "parent", "error", "pid", "root"]
 DEP_PREFIX = "dep:"
+# check_params' deps: params.yaml as a file (its params are columns already) and the constant
+# stamp every stage depends on; neither says anything a person compares.
+HIDDEN_DEPS = {DEP_PREFIX + "params.yaml", DEP_PREFIX + "outputs/params_checked.txt"}
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -162,7 +165,7 @@ def experiments_frame(exp_show: list[Mapping[str, Any]]) -> pd.DataFrame:
         }
     )
     metrics = sorted(set(names.values()))
-    deps = sorted(c for c in frame.columns if c.startswith(DEP_PREFIX))
+    deps = sorted(c for c in frame.columns if c.startswith(DEP_PREFIX) and c not in HIDDEN_DEPS)
     frame = frame[FIXED_COLUMNS + params + metrics + deps]
     frame.attrs.update(params=params, metrics=metrics, deps=deps)
     return frame

@@ -200,3 +200,14 @@ def test_a_curve_being_written_is_read_up_to_its_last_whole_line(tmp_path: Path)
     other = tmp_path / "lr.csv"
     other.write_text("timestamp,step,learning_rate\n5,0,0.001\n")
     assert live_curve(other, "abc")[["step", "value"]].values.tolist() == [[0, 0.001]]
+
+
+def test_check_params_deps_are_not_columns():
+    data = load("exp_show.json")
+    for commit in data:
+        deps = commit["data"].setdefault("deps", {})
+        deps["params.yaml"] = {"hash": "1" * 32}  # differs in every experiment
+        deps["outputs/params_checked.txt"] = {"hash": "2" * 32}
+    frame = experiments_frame(data)
+    assert "dep:stages/train_lora.py" in frame.attrs["deps"]
+    assert not {"dep:params.yaml", "dep:outputs/params_checked.txt"} & set(frame.columns)
