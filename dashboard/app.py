@@ -112,11 +112,21 @@ def active_baselines(frame: pd.DataFrame) -> set[str]:
     return set(active["parent"])
 
 
-@functools.lru_cache(maxsize=4096)
-def _digest(file: str | None) -> str | None:
-    """A hash of an image file's bytes (files of `dvc plots diff -o` are never rewritten)."""
+def _digest(file: str | Path | None, store: ExperimentStore) -> str | None:
+    """A hash of an image file's bytes, read only once `store.inside` has passed it (None for
+    no file, a file outside the repository, or one that cannot be read)."""
     if file is None:
         return None
+    try:
+        checked = store.inside(file)
+    except DvcError:
+        return None
+    return _file_digest(str(checked))
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_digest(file: str) -> str | None:
+    """The hash of a checked file's bytes, once: files of `dvc plots diff -o` never change."""
     try:
         return hashlib.blake2b(Path(file).read_bytes(), digest_size=16).hexdigest()
     except OSError:
@@ -687,7 +697,7 @@ class Dashboard:
         for column in columns:
             if column["kind"] == "base":
                 files = [lookup.get((column["rev"], "base", *key)) for key in keys]
-                content = tuple(_digest(file) for file in files)
+                content = tuple(_digest(file, self.store) for file in files)
                 if any(content) and content in first_of:
                     first = first_of[content]
                     first["same"].append(column["label"].removesuffix(" · base"))
