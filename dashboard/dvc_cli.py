@@ -7,9 +7,11 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +61,41 @@ def git_refs(repo: Path, *prefixes: str, timeout: float = 30.0) -> dict[str, str
     return dict(line.split(" ", 1) for line in listed.splitlines() if " " in line)
 
 
-def run_dvc(args: list[str], repo: Path, timeout: float = 60.0, write: bool = False) -> str:
+def git_write(
+    repo: Path, *args: str, env: dict[str, str] | None = None, input: str | None = None
+) -> str:
+    """stdout of `git <args>` in `repo`, for what changes something (refs, files, an index):
+    DvcError with git's message when it fails; never killed part-way (no time-out). `env` is
+    added to the environment (GIT_INDEX_FILE for a private index). File names pass through as
+    they are (surrogate escapes for bytes that are not UTF-8)."""
+    result = subprocess.run(
+        ["git", *args], cwd=repo, capture_output=True, input=input, encoding="utf-8",
+        errors="surrogateescape", env={**os.environ, **(env or {})},
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )  # fmt: skip
+    if result.returncode != 0:
+        said = result.stderr.strip().splitlines()
+        raise DvcError(
+            f"`git {' '.join(args[:2])}` failed: {said[-1] if said else result.returncode}"
+        )
+    return result.stdout
+
+
+def run_dvc(
+    args: list[str],
+    repo: Path,
+    timeout: float = 60.0,
+    write: bool = False,
+    started: Callable[[subprocess.Popen], None] | None = None,
+) -> str:
     """stdout of `dvc <args>` run in `repo`; DvcError when it fails or runs past `timeout` s.
 
     A `write` (a command that changes the workspace, the refs or a remote: apply, remove,
     push, pull, checkout) is never killed part-way: it runs to its end however long it takes;
-    time-outs are for reads."""
+    time-outs are for reads. It can be cancelled cleanly with `interrupt(process)` (SIGINT, which
+    dvc handles as Ctrl-C: it stops and releases its locks); `started` gets the process for
+    that. An interrupt of this Python (Ctrl-C, the kernel's Interrupt) is passed on to a write
+    the same way, and the write is waited for; a read is stopped."""
     command = [dvc_executable(), *args]
     shown = "dvc " + " ".join(args)
     if not (Path(repo) / ".dvc").is_dir():
@@ -73,14 +104,17 @@ def run_dvc(args: list[str], repo: Path, timeout: float = 60.0, write: bool = Fa
     # inherited pipes open, and reading pipes would wait for the worker to end.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         try:
-            code = subprocess.run(
-                command, cwd=repo, stdout=out, stderr=err, timeout=None if write else timeout,
-                stdin=subprocess.DEVNULL, env=dvc_env(),
-            ).returncode  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise DvcError(f"`{shown}` took longer than {timeout:g} s and was stopped") from None
+            # a write runs in its own session: a Ctrl-C meant for this Python reaches it only
+            # as the one SIGINT passed on below, never as a second signal to its group
+            process = subprocess.Popen(
+                command, cwd=repo, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                env=dvc_env(), start_new_session=write,
+            )  # fmt: skip
         except OSError as error:
             raise DvcError(f"cannot run `{shown}`: {error}") from None
+        if started is not None:
+            started(process)
+        code = _wait(process, None if write else timeout, write, shown)
         out.seek(0)
         err.seek(0)
         result = subprocess.CompletedProcess(command, code, out.read(), err.read())
@@ -89,8 +123,35 @@ def run_dvc(args: list[str], repo: Path, timeout: float = 60.0, write: bool = Fa
         reason = next(
             (line for line in lines if line.startswith("ERROR")), lines[-1] if lines else ""
         )
+        if result.returncode == INTERRUPTED:
+            raise DvcError(f"`{shown}` was interrupted (exit {INTERRUPTED}) before it finished")
         raise DvcError(f"`{shown}` failed (exit {result.returncode}): {reason}")
     return result.stdout
+
+
+INTERRUPTED = 252  # dvc's exit status after a KeyboardInterrupt (SIGINT)
+
+
+def interrupt(process: subprocess.Popen) -> None:
+    """Cancel a running dvc cleanly, as Ctrl-C does: SIGINT, never SIGKILL."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+
+
+def _wait(process: subprocess.Popen, timeout: float | None, write: bool, shown: str) -> int:
+    while True:
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:  # a read only: writes have no time-out
+            process.kill()
+            process.wait()
+            raise DvcError(f"`{shown}` took longer than {timeout:g} s and was stopped") from None
+        except KeyboardInterrupt:
+            if not write:
+                process.kill()
+                process.wait()
+                raise
+            interrupt(process)  # then wait for it to stop where it is safe to
 
 
 def run_dvc_json(args: list[str], repo: Path, timeout: float = 60.0) -> Any:
