@@ -11,7 +11,12 @@ id), `error`, `pid` (the process of a running queue task), then one column per p
 
 from __future__ import annotations
 
+import ast
+import difflib
+import functools
 import json
+import keyword
+import operator
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
@@ -211,24 +216,276 @@ class FilterError(ValueError):
     """A filter expression that cannot be applied; the message says why."""
 
 
+FILTER_GRAMMAR = (
+    "a filter compares columns with values: column names as the table shows them, numbers, "
+    "'text', True, False, None; == != < <= > >= (chained too: 0.1 < lift < 0.5); and, or, not "
+    '(& | ~); in and not in a list: name in ["rank-8", "rank-16"]; + - * / // % **; '
+    'column.str.contains("text"), .str.startswith("text"), .str.endswith("text")'
+)
+MAX_FILTER_LENGTH = 5000  # characters; a filter is typed, and parsing costs with its length
+STRING_TESTS = {  # the string methods a filter may call, as `column.str.<name>("text")`
+    "contains": lambda value, text: text in value,
+    "startswith": str.startswith,
+    "endswith": str.endswith,
+}
+_COMPARE = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+    ast.Gt: operator.gt, ast.GtE: operator.ge,
+}  # fmt: skip
+_ARITHMETIC = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+    ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}  # fmt: skip
+_NOT_ALLOWED = {  # how the error names what it refused
+    ast.Call: "calls", ast.Attribute: "attributes", ast.Subscript: "subscripts ([...])",
+    ast.Lambda: "lambdas", ast.ListComp: "comprehensions", ast.SetComp: "comprehensions",
+    ast.DictComp: "comprehensions", ast.GeneratorExp: "comprehensions",
+    ast.NamedExpr: "assignments (:=)", ast.JoinedStr: "f-strings", ast.IfExp: "if/else",
+    ast.Dict: "dictionaries", ast.Set: "sets", ast.Starred: "*", ast.Await: "await",
+    ast.Yield: "yield", ast.YieldFrom: "yield", ast.Slice: "slices",
+}  # fmt: skip
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def _placeholders(text: str, columns: list[str]) -> tuple[str, dict[str, str]]:
+    """`text` with every column name replaced by a Python name of its own (column names hold
+    dots, slashes and colons: `train_lora.rank`, `dep:stages/x.py`), outside string literals;
+    `` `name` `` quotes a name as in pandas, and `&` and `|` read as `and` and `or` (pandas'
+    precedence). Returns the text and {placeholder: column}."""
+    prefix = "_c"
+    while prefix in text:
+        prefix += "_"
+    by_name: dict[str, str] = {}
+
+    def placeholder(column: str) -> str:
+        return by_name.setdefault(column, f"{prefix}{len(by_name)}_")
+
+    # Python's keywords stay keywords: a column named like one is written in backquotes
+    names = sorted((c for c in columns if not keyword.iskeyword(c)), key=len, reverse=True)
+    pattern = re.compile(
+        rf"(?<![\w.`/:])({'|'.join(map(re.escape, names))})(?![\w`/]|\.(?!str\.))"
+        if names
+        else r"(?!)"
+    )
+    parts, code, i = [], [], 0
+
+    def flush() -> None:
+        segment = pattern.sub(lambda m: placeholder(m[1]), "".join(code))
+        parts.append(segment.replace("&", " and ").replace("|", " or "))
+        code.clear()
+
+    while i < len(text):
+        char = text[i]
+        if char in "'\"":  # a string literal, escapes included, kept as it is
+            end = i + 1
+            while end < len(text) and text[end] != char:
+                end += 2 if text[end] == "\\" else 1
+            flush()
+            parts.append(text[i : end + 1])
+            i = end + 1
+        elif char == "`":
+            end = text.find("`", i + 1)
+            if end < 0:
+                raise FilterError("a ` quote is not closed")
+            name = text[i + 1 : end]
+            if name not in columns:
+                raise FilterError(_unknown(name, columns))
+            flush()
+            parts.append(f" {placeholder(name)} ")
+            i = end + 1
+        else:
+            code.append(char)
+            i += 1
+    flush()
+    return "".join(parts).strip(), {p: column for column, p in by_name.items()}
+
+
+def _unknown(name: str, columns: list[str]) -> str:
+    close = difflib.get_close_matches(name, columns, n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return f"there is no column {name!r}{hint}"
+
+
+def _dotted(node: ast.AST) -> str | None:
+    """`a.b.c` of a chain of plain names and attributes, else None."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and (inner := _dotted(node.value)) is not None:
+        return f"{inner}.{node.attr}"
+    return None
+
+
+class _Filter:
+    """Evaluates the parsed filter: only the nodes of FILTER_GRAMMAR, on pandas Series of
+    the frame's columns (vectorised); any other node raises FilterError and runs nothing."""
+
+    def __init__(self, frame: pd.DataFrame, columns: dict[str, str]):
+        self.frame, self.columns = frame, columns
+
+    def show(self, node: ast.AST) -> str:
+        """The text of `node` with column names as the person wrote them."""
+        text = ast.unparse(node)
+        for placeholder in sorted(self.columns, key=len, reverse=True):
+            text = text.replace(placeholder, self.columns[placeholder])
+        return text
+
+    def refuse(self, node: ast.AST) -> FilterError:
+        what = _NOT_ALLOWED.get(type(node), type(node).__name__)
+        return FilterError(f"{what} are not allowed in a filter; {FILTER_GRAMMAR}")
+
+    def value(self, node: ast.AST) -> Any:
+        """A Series or a scalar."""
+        if isinstance(node, ast.Constant):
+            if not isinstance(node.value, _SCALARS):
+                raise FilterError(
+                    f"{node.value!r} is not a value a filter takes; {FILTER_GRAMMAR}"
+                )
+            return node.value
+        if isinstance(node, ast.Name):
+            if node.id in self.columns:
+                return self.frame[self.columns[node.id]]
+            raise FilterError(_unknown(node.id, list(self.frame.columns)))
+        if isinstance(node, ast.Compare):
+            return self.compare(node)
+        if isinstance(node, ast.BoolOp):
+            values = [self.condition(v) for v in node.values]
+            combine = operator.and_ if isinstance(node.op, ast.And) else operator.or_
+            return functools.reduce(combine, values)
+        if isinstance(node, ast.UnaryOp):
+            if isinstance(node.op, ast.Not | ast.Invert):
+                value = self.condition(node.operand)
+                return ~value if isinstance(value, pd.Series) else not value
+            value = self.number(node.operand)
+            return -value if isinstance(node.op, ast.USub) else +value
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+            left, right = self.number(node.left), self.number(node.right)
+            if isinstance(node.op, ast.Pow) and _huge_power(left, right):
+                raise FilterError("that power is too large")
+            return _ARITHMETIC[type(node.op)](left, right)
+        if isinstance(node, ast.Call):
+            return self.string_test(node)
+        if isinstance(node, ast.Attribute):  # a dotted name that is no column: say so
+            name = _dotted(node)
+            if name and "__" not in name and name.split(".")[0] not in self.columns:
+                raise FilterError(_unknown(name, list(self.frame.columns)))
+        if isinstance(node, ast.List | ast.Tuple):
+            raise FilterError(f"a list of values goes after `in` or `==`; {FILTER_GRAMMAR}")
+        raise self.refuse(node)
+
+    def condition(self, node: ast.AST) -> pd.Series | bool:
+        return _as_condition(self.value(node), self.show(node))
+
+    def number(self, node: ast.AST) -> Any:
+        value = self.value(node)
+        if isinstance(value, pd.Series):
+            if pd.api.types.is_numeric_dtype(value) or pd.api.types.is_bool_dtype(value):
+                return value
+            if (
+                pd.api.types.is_string_dtype(value)
+                and value.map(lambda v: isinstance(v, str)).any()
+            ):
+                raise FilterError(f"{self.show(node)} holds text: arithmetic takes numbers")
+            return pd.to_numeric(value, errors="coerce")  # lists and text become empty
+        if isinstance(value, bool | int | float):
+            return value
+        raise FilterError(f"{self.show(node)} is not a number: arithmetic takes numbers")
+
+    def values(self, node: ast.AST) -> list[Any]:
+        """The constants of a list or tuple (after `in`)."""
+        values = [self.value(element) for element in node.elts]
+        if not all(isinstance(v, _SCALARS) for v in values):
+            raise FilterError(f"a list after `in` holds values, not columns: {self.show(node)}")
+        return values
+
+    def compare(self, node: ast.Compare) -> pd.Series | bool:
+        result, left = True, node.left
+        for op, right in zip(node.ops, node.comparators, strict=True):
+            result = result & self.pair(left, op, right)
+            left = right
+        return result
+
+    def pair(self, left_node: ast.AST, op: ast.cmpop, right_node: ast.AST) -> pd.Series | bool:
+        in_list = isinstance(right_node, ast.List | ast.Tuple)
+        if isinstance(op, ast.In | ast.NotIn) or (in_list and isinstance(op, ast.Eq | ast.NotEq)):
+            if not in_list:
+                raise FilterError('`in` takes a list of values: name in ["a", "b"]')
+            left, values = self.value(left_node), self.values(right_node)
+            found = left.isin(values) if isinstance(left, pd.Series) else left in values
+            return ~found if isinstance(op, ast.NotIn | ast.NotEq) else found
+        if type(op) not in _COMPARE:
+            word = "is not" if isinstance(op, ast.IsNot) else "is"
+            raise FilterError(f"`{word}` is not a comparison a filter takes: use == and !=")
+        return _COMPARE[type(op)](self.value(left_node), self.value(right_node))
+
+    def string_test(self, node: ast.Call) -> pd.Series:
+        """`column.str.contains("text")` and the other STRING_TESTS: a literal test per cell,
+        False where the cell holds no text."""
+        function = node.func
+        if not (
+            isinstance(function, ast.Attribute)
+            and function.attr in STRING_TESTS
+            and isinstance(function.value, ast.Attribute)
+            and function.value.attr == "str"
+            and len(node.args) == 1
+            and not node.keywords
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            raise self.refuse(node)
+        column = self.value(function.value.value)
+        if not isinstance(column, pd.Series):
+            raise FilterError(f".str.{function.attr} applies to a column")
+        test, text = STRING_TESTS[function.attr], node.args[0].value
+        return column.map(lambda v: isinstance(v, str) and test(v, text)).astype(bool)
+
+
+def _huge_power(base: Any, exponent: Any) -> bool:
+    """Whether `base ** exponent` of Python integers would take ages (9 ** 9 ** 9)."""
+    if isinstance(base, int) and isinstance(exponent, int) and exponent > 0:
+        return exponent * max(abs(base).bit_length(), 1) > 100_000
+    return False
+
+
+def _as_condition(value: Any, text: str) -> pd.Series | bool:
+    """A boolean Series or a bool, else FilterError: it is not a condition."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, pd.Series):
+        if pd.api.types.is_bool_dtype(value):
+            return value.fillna(False).astype(bool)
+        if value.map(lambda v: isinstance(v, bool | np.bool_)).all():
+            return value.astype(bool)  # a column of true/false of object dtype
+    raise FilterError(f"{text} is not a condition (compare it: {text} > 0)")
+
+
 def filter_experiments(frame: pd.DataFrame, expression: str) -> pd.DataFrame:
-    """Rows matching a pandas-style expression over column names as the table shows them:
+    """Rows matching a filter over column names as the table shows them:
     `train_lora.rank >= 8 and type_fidelity_lora > 0.5`, `state == "failed"`. Names holding
-    dots or slashes need no quoting. Raises FilterError naming the problem."""
+    dots or slashes need no quoting. The expression is parsed, never run: FILTER_GRAMMAR says
+    what it may hold. Raises FilterError naming the problem."""
     text = expression.strip()
     if not text:
         return frame
-    names = sorted((c for c in frame.columns if isinstance(c, str)), key=len, reverse=True)
-    pattern = "|".join(re.escape(name) for name in names)
-    quoted = re.sub(rf"(?<![\w.`/:])({pattern})(?![\w.`/])", r"`\1`", text)
     try:
-        result = frame.query(quoted, engine="python")
-    except (SyntaxError, ValueError, TypeError, KeyError, NameError,
-            NotImplementedError, pd.errors.UndefinedVariableError) as error:  # fmt: skip
+        if len(text) > MAX_FILTER_LENGTH:
+            raise FilterError(f"it is longer than {MAX_FILTER_LENGTH} characters")
+        columns = [c for c in frame.columns if isinstance(c, str)]
+        code, placeholders = _placeholders(text, columns)
+        try:
+            tree = ast.parse(code, mode="eval")
+        except SyntaxError as error:
+            raise FilterError(f"it is not an expression ({error.msg}); {FILTER_GRAMMAR}") from None
+        mask = _as_condition(_Filter(frame, placeholders).value(tree.body), text)
+    except FilterError as error:
         raise FilterError(f"cannot filter by {expression!r}: {error}") from None
-    if not isinstance(result, pd.DataFrame):
-        raise FilterError(f"cannot filter by {expression!r}: it is not a condition")
-    return result
+    except (TypeError, ValueError, ArithmeticError) as error:
+        raise FilterError(f"cannot filter by {expression!r}: {error}") from None
+    except (RecursionError, MemoryError):
+        raise FilterError(f"cannot filter by {expression!r}: it is nested too deeply") from None
+    if isinstance(mask, bool):
+        return frame if mask else frame.iloc[:0]
+    return frame[mask]
 
 
 def differing_columns(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:

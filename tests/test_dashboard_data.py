@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -119,11 +120,135 @@ def test_filter_by_param_and_metric_expressions():
     assert len(filter_experiments(frame, "train_classifier/step > 0")) == 4  # not the queued
 
 
-@pytest.mark.parametrize("expression", ["rank >>= 3", "no_such_column > 1", "train_lora.rank"])
+@pytest.mark.parametrize(
+    "expression",
+    ["rank >>= 3", "no_such_column > 1", "train_lora.rank", "train_lora.rank >=", "`nope` > 1",
+     "9 ** 9 ** 9 ** 9 > 1", "name * 100000000 == 'x'", "lift is None", "name.str.lower() == 'x'",
+     "name.str.contains(name)", "train_lora.rank in lift", "b'x' == name", "{'a': 1}",
+     "not " * 2000 + "lift > 0"],
+)  # fmt: skip
 def test_bad_filters_say_why(expression):
     frame = experiments_frame(load("exp_show.json"))
     with pytest.raises(FilterError, match="cannot filter by"):
         filter_experiments(frame, expression)
+
+
+def test_an_unknown_column_is_named_with_the_close_ones():
+    frame = experiments_frame(load("exp_show.json"))
+    with pytest.raises(
+        FilterError, match=r"no column 'train_lora\.rnk' \(did you mean train_lora\.rank"
+    ):
+        filter_experiments(frame, "train_lora.rnk > 1")
+
+
+def pandas_query_filter(frame: pd.DataFrame, expression: str) -> pd.DataFrame:
+    """The filter as it was: `DataFrame.query(engine="python")` over backquoted names. Kept as
+    the reference for the filters that worked with it (it runs code: trusted text only)."""
+    names = sorted((c for c in frame.columns if isinstance(c, str)), key=len, reverse=True)
+    pattern = "|".join(re.escape(name) for name in names)
+    quoted = re.sub(rf"(?<![\w.`/:])({pattern})(?![\w.`/])", r"`\1`", expression.strip())
+    return frame.query(quoted, engine="python")
+
+
+# Every filter of the tests, the README, the filter box's placeholder and help and the benchmark,
+# and the pandas forms people write.
+WORKING_FILTERS = [
+    "train_lora.rank >= 8",
+    "train_lora.learning_rate > 0.001",
+    'state == "success" and train_lora.rank == 4',
+    "train_classifier/step > 0",
+    "train_lora.rank >= 8 and type_fidelity_lora > 0.5",
+    "train_lora.rank >= 8 and type_fidelity_lora > 0.95",
+    'state == "failed"',
+    'state == "success"',
+    "train_lora.rank >= 16",
+    'name in ["rank-8", "rank-16"]',
+    'name not in ("main", "workspace")',
+    'name == ["main", "rank-8"]',
+    'name != ["main", "rank-8"]',
+    "train_lora.rank in [8, 16]",
+    "0 < train_lora.rank < 10",
+    "0.001 <= train_lora.learning_rate <= 0.001",
+    "train_lora.rank > 1 & lift >= 0",
+    "train_lora.rank > 4 | state == 'queued'",
+    "(train_lora.rank > 4) & (state != 'queued')",
+    "~(train_lora.rank > 4)",
+    "not train_lora.rank > 4",
+    "train_lora.rank > 4 and not state == 'queued'",
+    "(lift >= 0) and (f1 > 0 or state == 'queued')",
+    "`train_lora.rank` > 4",
+    'created > "2026-11-23 03:44"',
+    "lift != lift",
+    "train_lora.rank % 8 == 0",
+    "train_lora.rank ** 2 > 20",
+    "-train_lora.rank < -4",
+    "train_lora.learning_rate * 1000 >= 2",
+    "train_lora.rank / 2 + 1 == 5",
+    "train_lora.rank - train_lora.alpha > 0",
+    "dep:stages/train_lora.py == dep:stages/train_lora.py",
+    'dep:stages/train_lora.py != "x"',
+    "test.accuracy >= 0 and train.loss >= 0",
+    "classifier.augment",
+    "train_lora.train_text_encoder == False",
+    "pid > 3",
+    'name.str.contains("rank")',
+    "name.str.startswith('r')",
+    'name.str.endswith("16")',
+    'state == "success" and name.str.contains("-")',
+    'name == "lift"',  # a column's name inside a string is text
+    "train_lora.rank>=8",
+    "  train_lora.rank >= 8  ",
+]
+
+
+@pytest.mark.parametrize("expression", WORKING_FILTERS)
+def test_every_filter_that_worked_with_pandas_query_gives_the_same_rows(expression):
+    frame = experiments_frame(load("exp_show.json"))
+    expected = pandas_query_filter(frame, expression)
+    assert filter_experiments(frame, expression)["id"].tolist() == expected["id"].tolist()
+
+
+def canary_payloads(canary: Path) -> dict[str, str]:
+    """Filters that try to create `canary`; the first ones did, through DataFrame.query."""
+    touch, path = repr(f"touch {canary}"), repr(str(canary))
+    chain = "name.__class__.__init__.__globals__['sys'].modules"
+    return {
+        "dunder attributes": f"{chain}['os'].system({touch})",
+        "a builtin through subscripts": f"{chain}['builtins'].open({path}, 'w')",
+        "exec through subscripts": f"{chain}['builtins'].exec('open(' + {path!r} + ', \"w\")')",
+        "the str accessor's dunders": (
+            f"name.str.__class__.__init__.__globals__['sys'].modules['os'].system({touch})"
+        ),
+        "an allowed method, a call as its text": (
+            f"name.str.contains(__import__('os').system({touch}))"
+        ),
+        "a backquoted column's dunders": (
+            f"`name`.__class__.__init__.__globals__['sys'].modules['os'].system({touch})"
+        ),
+        "an attribute": "name.__class__ == name",
+        "a lambda as a value": "(lambda: 0) == name",
+        "import": f"__import__('os').system({touch}) == 0",
+        "a call": f"open({path}, 'w').close() == 1",
+        "globals": f"globals()['__builtins__'].open({path}, 'w')",
+        "a lambda": f"(lambda: __import__('os').system({touch}))() == 0",
+        "a comprehension": f"[__import__('os').system({touch}) for _ in [1]] == [0]",
+        "a generator": f"any(__import__('os').system({touch}) for _ in [1])",
+        "walrus": f"(x := __import__('os').system({touch})) == 0",
+        "an f-string": f"f\"{{__import__('os').system({touch})}}\" == name",
+        "an f-string of a column": "f'{name.__class__}' == name",
+        "a subscript of a column": f"name[0] == {path}",
+        "in a list": f"name in [__import__('os').system({touch})]",
+        "arithmetic": f"lift + __import__('os').system({touch}) > 0",
+    }
+
+
+@pytest.mark.parametrize("payload", list(canary_payloads(Path("CANARY"))))
+def test_a_filter_that_tries_to_run_code_runs_nothing(payload: str, tmp_path: Path):
+    canary = tmp_path / "CANARY"
+    frame = experiments_frame(load("exp_show.json"))
+    with pytest.raises(FilterError, match=r"cannot filter by .*are not allowed in a filter; "):
+        filter_experiments(frame, canary_payloads(canary)[payload])
+    assert not canary.exists()
 
 
 def test_only_columns_that_differ():
