@@ -13,13 +13,14 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -35,6 +36,7 @@ from dashboard.data import (
 )
 from dashboard.dvc_cli import DvcError, git_refs, run_dvc_json
 
+log = logging.getLogger(__name__)
 WORKSPACE = "workspace"
 # Files whose change means the workspace row or the set of experiments changed.
 WATCHED = ["params.yaml", "dvc.lock", "dvc.yaml"]
@@ -91,7 +93,10 @@ class ExperimentStore:
         self.path = Path(path).resolve()
         self.timeout = timeout
         self._lock = threading.Lock()  # never two dvc reads at once
+        # The plots read so far; the watcher thread lists them while a read adds some.
         self._plots: dict[str, Plots] = {}
+        self._plots_lock = threading.Lock()
+        self._cache: Path | None = None  # DVC's cache folder, once asked for
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dvc")
         # Plot files go inside the repository (.dvc/tmp is git-ignored), so that every file the
         # page shows is checked to stay inside it.
@@ -176,6 +181,8 @@ class ExperimentStore:
     def _exited(self, task: str) -> bool:
         """Whether the queue worker recorded the exit status of task `task` (dvc-task's
         process info, .dvc/tmp/exps/run/<task>/<task>.json): it ended, and was not lost."""
+        if not re.fullmatch(r"[\w-]+", task):
+            return False  # an id, never a path
         info = self.path / ".dvc" / "tmp" / "exps" / "run" / task / f"{task}.json"
         try:
             return json.loads(info.read_text()).get("returncode") is not None
@@ -184,11 +191,74 @@ class ExperimentStore:
 
     def inside(self, file: str | Path) -> Path:
         """`file` resolved, or DvcError when it is not inside the repository (or the plots
-        folder): the page never shows files from anywhere else."""
+        folder): the page never shows files from anywhere else. For the copies that
+        `dvc plots diff -o` writes; their sources were checked by `outside` when read."""
         resolved = Path(file).resolve()
         if not (resolved.is_relative_to(self.path) or resolved.is_relative_to(self._out)):
             raise DvcError(f"{file} is outside the repository {self.path}: not shown")
         return resolved
+
+    def cache_dir(self) -> Path:
+        """DVC's cache folder, resolved: inside the repository unless `cache.dir` says
+        otherwise; with `cache.type` symlink the workspace's outputs link into it."""
+        if self._cache is None:
+            try:
+                self._cache = self._call("dvc cache dir", _cache_dir, self.path)
+            except DvcError:  # busy: the default, asked again next time
+                return (self.path / ".dvc" / "cache").resolve()
+        return self._cache
+
+    def outside(self, path: str, root: Path | None = None) -> str | None:
+        """Why the file `path` (relative, as DVC names it) in the folder `root` (the
+        repository) must not be read, or None: an absolute path, a `..`, or a link (of the
+        file or of a folder above it) whose target leaves `root` and DVC's cache."""
+        root = self.path if root is None else root
+        relative = PurePosixPath(path)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            return "a path outside the repository"
+        resolved = (root / relative).resolve()
+        if resolved.is_relative_to(root) or resolved.is_relative_to(self.cache_dir()):
+            return None
+        log.warning("not read: %s in %s links to %s, outside it", path, root, resolved)
+        return "a link to a file outside the repository"
+
+    def _remove_copy(self, url: Any) -> None:
+        """Delete a file that `dvc plots diff -o` wrote into the plots folder (only there)."""
+        if isinstance(url, str):
+            copy = Path(url).absolute()
+            if copy.parent.resolve().is_relative_to(self._out):
+                copy.unlink(missing_ok=True)
+
+    def _keep_inside(self, data: dict[str, Any]) -> dict[str, str]:
+        """Drop from the JSON of `dvc plots diff` the workspace's data of every plot file
+        that `outside` refuses (DVC reads the workspace's files through links: a symlink
+        `outputs/generated/lora/x/seed-0.png -> ~/private.png` would be copied and shown),
+        and DVC's copies of its images. Returns {path: why}. A commit's files come from git's
+        objects and DVC's cache by hash, never from a path of this machine: DVC does not
+        follow a link committed to git, so they are kept."""
+        refused = {}
+        for path, entries in (data.get("data") or {}).items():
+            in_workspace = any(WORKSPACE in (e.get("revisions") or []) for e in entries)
+            reason = self.outside(path) if in_workspace else None
+            if reason is None:
+                continue
+            refused[path] = reason
+            kept = []
+            for entry in entries:
+                if WORKSPACE in (entry.get("revisions") or []) and entry.get("type") == "image":
+                    self._remove_copy(entry.get("url"))
+                    continue
+                content = entry.get("content") or {}
+                values = (content.get("data") or {}).get("values")
+                if isinstance(values, list):
+                    content["data"]["values"] = [
+                        v
+                        for v in values
+                        if not (isinstance(v, Mapping) and v.get("rev") == WORKSPACE)
+                    ]
+                kept.append(entry)
+            data["data"][path] = kept
+        return refused
 
     def plots(self, revs: Iterable[str], running: Mapping[str, str] | None = None) -> Plots:
         """Plots of `revs` (ids, or "workspace"); reads only those not read before. The
@@ -198,7 +268,8 @@ class ExperimentStore:
         running = {rev: root for rev, root in (running or {}).items() if rev in revs}
         live = {rev: self.live_plots(rev, root) for rev, root in running.items()}
         revs = [rev for rev in revs if rev not in live]
-        todo = [rev for rev in revs if rev == WORKSPACE or rev not in self._plots]
+        with self._plots_lock:
+            todo = [rev for rev in revs if rev == WORKSPACE or rev not in self._plots]
         if todo:
             self.check()
             out = Path(tempfile.mkdtemp(dir=self._out))
@@ -210,25 +281,39 @@ class ExperimentStore:
                 data, reason = {}, str(error)
             else:
                 reason = "no plots or images in this revision"
-            for rev, part in _split(Plots.parse(data), todo, reason).items():
-                self._plots[rev] = part
-        return Plots.merge([*(self._plots[rev] for rev in revs), *live.values()])
+            refused = self._keep_inside(data) if WORKSPACE in todo else {}
+            parts = _split(Plots.parse(data), todo, reason)
+            if refused:
+                parts[WORKSPACE].missing[WORKSPACE] = _refused_text(refused)
+            with self._plots_lock:
+                self._plots.update(parts)
+        with self._plots_lock:
+            read = [self._plots[rev] for rev in revs]
+        return Plots.merge([*read, *live.values()])
 
     def curve_paths(self) -> set[str]:
         """The line plots that the read revisions have (dvclive's metric files)."""
-        if not self._plots:
+        with self._plots_lock:
+            parts = list(self._plots.values())
+        if not parts:
             self.plots([WORKSPACE])
-        return {path for part in self._plots.values() for path in part.curves}
+            with self._plots_lock:
+                parts = list(self._plots.values())
+        return {path for part in parts for path in part.curves}
 
     def live_files(self, root: str | Path) -> dict[str, Path]:
         """{plot path: its file in `root`}, the folder where a queue task runs, for the line
-        plots it has written so far."""
-        try:
-            folder = self.inside(root)
-        except DvcError:
+        plots it has written so far. `root` must be inside the repository, and each file
+        inside `root`: plot paths come from the experiments' dvc.yaml, and a path with `..`,
+        an absolute one or a link out of `root` is not read."""
+        folder = Path(root).resolve()
+        if not folder.is_relative_to(self.path) or not folder.is_dir():
             return {}
-        files = {path: folder / path for path in sorted(self.curve_paths())}
-        return {path: file for path, file in files.items() if file.is_file()}
+        files = {}
+        for path in sorted(self.curve_paths()):
+            if self.outside(path, folder) is None and (folder / path).is_file():
+                files[path] = folder / path
+        return files
 
     def live_plots(self, rev: str, root: str | Path) -> Plots:
         """The curves that a running queue task has written so far, read from its folder
@@ -259,6 +344,14 @@ def live_curve(file: Path, rev: str) -> pd.DataFrame:
         "value": pd.to_numeric(table[column], errors="coerce"),
     })  # fmt: skip
     return points.dropna(subset=["step", "value"])
+
+
+def _refused_text(refused: Mapping[str, str]) -> str:
+    """What the page says of the workspace's files that it does not show."""
+    paths = sorted(refused)
+    listed = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    reasons = " or ".join(sorted(set(refused.values())))
+    return f"not shown: {listed} ({reasons})"
 
 
 def _alive(pid: int) -> bool:
@@ -322,6 +415,20 @@ def _plots_diff(path: Path, revs: list[str], out: Path, timeout: float) -> dict[
     if code != 0 or not printed:
         return run_dvc_json(args, path, timeout)
     return json.loads(json.dumps(printed[0], default=str))
+
+
+def _cache_dir(path: Path) -> Path:
+    """The repository's DVC cache folder, resolved (`.dvc/cache` unless configured)."""
+    default = (path / ".dvc" / "cache").resolve()
+    try:
+        from dvc.repo import Repo
+
+        with _dvc_in_process(), Repo(str(path)) as repo:
+            folder = repo.cache.local_cache_dir
+    except Exception:  # any surprise inside dvc: the default folder
+        log.exception("cannot read DVC's cache folder of %s", path)
+        return default
+    return Path(folder).resolve() if folder else default
 
 
 def _exp_show_in_process(path: Path, all_commits: bool, revs: list[str]) -> list[dict[str, Any]]:

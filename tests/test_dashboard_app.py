@@ -135,12 +135,12 @@ def test_picking_two_compares_curves_images_and_confusion(app: Dashboard):
     assert [c["label"] for c in app.gallery.columns] == ["rank-8 · LoRA", "rank-16 · LoRA"]
 
 
-def test_base_columns_with_different_images_stay_apart(app: Dashboard, tmp_path: Path):
+def test_base_columns_with_different_images_stay_apart(app: Dashboard):
     """Experiments with another base model (or size) have base images of their own."""
     app.pick(["rank-8", "rank-16", "lr-high"])
     files = {}
     for rev, color in zip(app.picked, ("red", "red", "blue"), strict=True):
-        files[rev] = tmp_path / f"{rev}.png"
+        files[rev] = app.store._out / f"{rev}.png"  # where dvc plots diff -o writes: inside
         Image.new("RGB", (4, 4), color).save(files[rev])
     columns = [{"rev": rev, "kind": kind, "label": f"{app.labels()[rev]} · {kind}",
                 "detail": ""} for rev in app.picked for kind in ("base", "lora")]  # fmt: skip
