@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -193,16 +194,25 @@ def _outputs(repo: Path) -> tuple[dict[str, str], list[str]]:
     """({output: what changed} for cached outputs changed since the last `dvc commit` or
     checkout or not in the cache, [outputs absent from the workspace]), from DVC's own data
     status (`dvc data status --granular`)."""
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    with Repo(str(repo)) as dvc:
-        root = Path(dvc.root_dir)
-        outs = sorted(
-            {Path(os.path.relpath(out.fs_path, root)).as_posix() for out in dvc.index.outs
-             if out.use_cache},
-            key=len, reverse=True,
-        )  # fmt: skip
-        status = dvc.data_status(granular=True, with_renames=False)
+    logger = logging.getLogger("dvc")  # its log lines would land in the page
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with Repo(str(repo)) as dvc:
+            root = Path(dvc.root_dir)
+            outs = sorted(
+                {Path(os.path.relpath(out.fs_path, root)).as_posix() for out in dvc.index.outs
+                 if out.use_cache},
+                key=len, reverse=True,
+            )  # fmt: skip
+            status = dvc.data_status(granular=True, with_renames=False)
+    except DvcException as error:
+        raise DvcError(f"dvc cannot tell which outputs changed: {error}") from None
+    finally:
+        logger.setLevel(level)
 
     def owner(path: str) -> str | None:
         path = path.rstrip("/")
