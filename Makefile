@@ -46,7 +46,7 @@ demo: setup
 	@echo "  outputs/report/report.html                       the run's report"
 	@echo "Metrics and plots: dvc metrics show, dvc plots show. Experiments: see the README."
 	@echo ""
-	$(BIN)/python -m dashboard.serve --repo . --host $(HOST) --port $(PORT) --token '$(TOKEN)'
+	$(BIN)/python -m dashboard.serve --repo . --host $(HOST) --port $(PORT) $(NO_TOKEN)
 
 pipeline: demo
 
@@ -78,12 +78,17 @@ format:
 clean-venv:
 	rm -rf $(VENV)
 
-# The dashboard, served by Voila on this machine only. `make dashboard PORT=9000` picks the port,
-# TOKEN=secret asks for ?token=secret in the address, HOST=0.0.0.0 listens beyond localhost
-# (it then needs a TOKEN: the dashboard can run code).
+# The dashboard, served by Voila on this machine only, behind a random token that it prints in
+# its address (http://127.0.0.1:8866/?token=...). `make dashboard PORT=9000` picks the port;
+# `TOKEN=secret make dashboard` sets the token, handed to the server in its environment, never on
+# a command line that ps shows (`make dashboard TOKEN=secret` works too, but shows it in make's
+# own); TOKEN=none serves without one, on a loopback HOST only; HOST=0.0.0.0 listens beyond
+# localhost (keep the token: the dashboard can run code).
 HOST ?= 127.0.0.1
 PORT ?= 8866
 TOKEN ?=
+NO_TOKEN = $(if $(filter none,$(TOKEN)),--no-token)
+dashboard demo: export DASHBOARD_TOKEN = $(if $(filter none,$(TOKEN)),,$(TOKEN))
 
 dashboard: setup
-	$(BIN)/python -m dashboard.serve --repo . --host $(HOST) --port $(PORT) --token '$(TOKEN)'
+	$(BIN)/python -m dashboard.serve --repo . --host $(HOST) --port $(PORT) $(NO_TOKEN)

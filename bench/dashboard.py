@@ -84,11 +84,11 @@ def measure(repo: Path, count: int, browser, log: Path) -> dict[str, float]:
     frame = store.experiments()
     expected_filtered = len(filter_experiments(frame, FILTER))
 
-    with voila_server(repo, log, pool_size=1) as url:
+    with voila_server(repo, log, pool_size=1) as served:
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         context.add_init_script(FIRST_ROW_SCRIPT)
         first = context.new_page()  # the first page: a kernel started for it
-        first.goto(url)
+        first.goto(served.url)
         first.wait_for_selector(".xt-row", timeout=120_000)
         figures["table on screen, first page after start (s)"] = (
             first.evaluate("window.__firstRow") / 1000
@@ -96,7 +96,7 @@ def measure(repo: Path, count: int, browser, log: Path) -> dict[str, float]:
         first.close()
         time.sleep(8)  # Voila refills its pool of preheated kernels
         page = context.new_page()
-        page.goto(url)
+        page.goto(served.url)
         page.wait_for_selector(".xt-row", timeout=120_000)
         figures["table on screen, preheated kernel (s)"] = (
             page.evaluate("window.__firstRow") / 1000

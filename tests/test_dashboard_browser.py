@@ -31,8 +31,8 @@ def browser():
 @pytest.fixture(scope="module")
 def server(dashboard_repo: Path, tmp_path_factory):
     log = tmp_path_factory.mktemp("voila") / "voila.log"
-    with voila_server(dashboard_repo, log) as url:
-        yield url
+    with voila_server(dashboard_repo, log) as served:
+        yield served.url  # the printed address, with its token
 
 
 @pytest.fixture
@@ -120,9 +120,9 @@ def test_export_to_csv_downloads_the_table_as_shown(page: Page):
 
 
 def test_not_a_dvc_repository_is_said_in_the_page(browser, tmp_path: Path):
-    with voila_server(tmp_path, tmp_path / "voila.log", pool_size=0) as url:
+    with voila_server(tmp_path, tmp_path / "voila.log", pool_size=0) as served:
         page = browser.new_page()
-        page.goto(url)
+        page.goto(served.url)
         banner = page.locator(".dashboard-error")
         expect(banner).to_contain_text("is not a DVC repository", timeout=WAIT)
         expect(page.locator(".xt-empty")).to_be_visible()
@@ -136,9 +136,9 @@ def test_launch_a_grid_watch_it_run_and_apply_one(browser, tmp_path: Path):
 
     repo = make_quick_repo(tmp_path / "repo")
     try:
-        with voila_server(repo, tmp_path / "voila.log") as url:
+        with voila_server(repo, tmp_path / "voila.log") as served:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
+            page.goto(served.url)
             page.wait_for_selector(".xt-row", timeout=WAIT)
             form = page.locator(".launch-form")
             form.get_by_text("train_lora", exact=True).click()
