@@ -1,11 +1,18 @@
 """Fetch files over HTTP the way a flaky image host needs: bounded concurrency, time-outs,
-retries with backoff on 5xx and time-outs (never on 404), and a cache that makes reruns resume."""
+retries with backoff on 5xx and time-outs (never on 404), and a cache that makes reruns resume.
+
+A hostile or broken server cannot exhaust the machine: each body is streamed with a byte cap
+(never held beyond the cap plus one chunk) and each file has an overall deadline, so a server
+that drips a byte every few seconds, which no per-read time-out catches, is cut off.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -23,6 +30,7 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 USER_AGENT = "pokemon-lora/0.1 (+https://dvc.org)"
+CHUNK_BYTES = 64 * 1024  # a body is read this much at a time: at most the cap plus one chunk
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,8 @@ class FetchSettings:
     retries: int = 3
     backoff: float = 0.5  # seconds before the first retry; doubles each time
     concurrency: int = 8
+    max_bytes: int = 20_000_000  # a larger body is refused (data.max_bytes)
+    deadline: float = 120.0  # seconds for one file, from the request to its last byte
 
 
 @dataclass
@@ -82,21 +92,83 @@ def describe_failure(error: Exception, settings: FetchSettings) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def get_bytes(session: requests.Session, url: str, settings: FetchSettings) -> bytes:
-    """GET `url`; raise FetchError with the reason on an HTTP error or a network failure."""
-    try:
-        response = session.get(url, timeout=settings.timeout)
-    except requests.exceptions.RequestException as error:
-        raise FetchError(describe_failure(error, settings)) from None
-    if response.status_code >= 400:
-        retried = response.status_code in RETRY_STATUSES and settings.retries > 0
-        suffix = f" after {settings.retries + 1} attempts" if retried else ""
-        raise FetchError(f"HTTP {response.status_code} {response.reason}{suffix}")
-    return response.content
-
-
 class FetchError(RuntimeError):
     """A download failed; the message says why."""
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def too_large(size: str, settings: FetchSettings) -> str:
+    return (
+        f"{size}, over data.max_bytes ({megabytes(settings.max_bytes)}): refused; raise "
+        "data.max_bytes in params.yaml if the file is genuine"
+    )
+
+
+def past_deadline(settings: FetchSettings) -> str:
+    return (
+        f"deadline: not complete within data.deadline ({settings.deadline:g} s); raise "
+        "data.deadline in params.yaml if the server is only slow"
+    )
+
+
+def read_capped(response: requests.Response, settings: FetchSettings, started: float) -> bytes:
+    """The body of a streamed `response`, or FetchError once it passes settings.max_bytes or
+    settings.deadline (counted from `started`, a time.monotonic() value).
+
+    A read blocks until a whole chunk or the end arrives, however slowly it trickles in, so
+    the deadline is kept by a timer that shuts the socket down under the blocked read.
+    """
+    timed_out = threading.Event()
+
+    def cut_off() -> None:
+        timed_out.set()
+        # already closed or released to the pool: the read has ended anyway
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            response.raw.shutdown()
+
+    remaining = settings.deadline - (time.monotonic() - started)
+    timer = threading.Timer(max(remaining, 0.0), cut_off)
+    timer.daemon = True
+    body = bytearray()
+    timer.start()
+    try:
+        for chunk in response.iter_content(CHUNK_BYTES):
+            body += chunk
+            if timed_out.is_set():
+                break
+            if len(body) > settings.max_bytes:
+                raise FetchError(too_large(f"more than {megabytes(len(body))}", settings))
+    except requests.exceptions.RequestException as error:
+        if not timed_out.is_set():
+            raise FetchError(describe_failure(error, settings)) from None
+    finally:
+        timer.cancel()
+    if timed_out.is_set():
+        response.raw.close()  # its socket is shut down: never hand it back to the pool
+        raise FetchError(past_deadline(settings))
+    return bytes(body)
+
+
+def get_bytes(session: requests.Session, url: str, settings: FetchSettings) -> bytes:
+    """GET `url`; raise FetchError with the reason on an HTTP error, a network failure, a body
+    over settings.max_bytes or a download past settings.deadline."""
+    started = time.monotonic()
+    try:
+        response = session.get(url, timeout=settings.timeout, stream=True)
+    except requests.exceptions.RequestException as error:
+        raise FetchError(describe_failure(error, settings)) from None
+    with response:  # closes the connection however the read ends
+        if response.status_code >= 400:
+            retried = response.status_code in RETRY_STATUSES and settings.retries > 0
+            suffix = f" after {settings.retries + 1} attempts" if retried else ""
+            raise FetchError(f"HTTP {response.status_code} {response.reason}{suffix}")
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > settings.max_bytes:
+            raise FetchError(too_large(f"{megabytes(int(declared))} (Content-Length)", settings))
+        return read_capped(response, settings, started)
 
 
 def cache_path(cache_dir: Path, url: str) -> Path:

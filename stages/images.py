@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from pathlib import Path
 
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
@@ -16,15 +18,56 @@ class BadImageError(ValueError):
     """The bytes are not an image that Pillow can decode in full."""
 
 
-def decode_image(data: bytes) -> Image.Image:
+def limit_pixels(max_pixels: int) -> None:
+    """Make Pillow refuse, in Image.open and before decoding, any image over `max_pixels`.
+
+    Pillow only warns between its MAX_IMAGE_PIXELS and twice that; the warning becomes an
+    error here. Both settings are process-wide: call this once, before any thread starts.
+    """
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+def megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.3g} megapixels"
+
+
+def check_pixels(image: Image.Image, max_pixels: int) -> None:
+    """Refuse an image larger than `max_pixels` from the size in its header, before a byte of it
+    is decoded: a few KB of PNG can claim 30,000 x 30,000 pixels and take gigabytes to decode."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise BadImageError(
+            f"{width} x {height} pixels ({megapixels(width * height)}), over "
+            f"data.max_pixels ({megapixels(max_pixels)}): refused before decoding, as a "
+            "possible decompression bomb; raise data.max_pixels in params.yaml if it is genuine"
+        )
+
+
+def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     """Decode image bytes whatever the file was called; the first frame of an animation.
 
-    Raises BadImageError for bytes that are not an image or are truncated.
+    Raises BadImageError for bytes that are not an image, are truncated, or have more pixels
+    than `max_pixels` (default: Pillow's Image.MAX_IMAGE_PIXELS), checked before decoding.
     """
+    cap = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        if cap is not None:
+            check_pixels(image, cap)
         image.seek(0)
         image.load()
+    except BadImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # Pillow's own check fired in Image.open (see limit_pixels): say it in our words
+        claimed = re.search(r"\((\d+) pixels\)", str(error))
+        size = megapixels(int(claimed[1])) if claimed else str(error)
+        limit = min(cap or Image.MAX_IMAGE_PIXELS, Image.MAX_IMAGE_PIXELS)
+        raise BadImageError(
+            f"{size}, over data.max_pixels ({megapixels(limit)}): refused before decoding, as "
+            "a possible decompression bomb; raise data.max_pixels in params.yaml if it is genuine"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         raise BadImageError(f"not a decodable image ({error})") from None
     return image

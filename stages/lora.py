@@ -1,10 +1,14 @@
 """The pieces of LoRA training that are not the loop: the dataset, its cached latents and
-text embeddings, the resumable checkpoint, the diffusers-format save."""
+text embeddings, the resumable checkpoint, the diffusers-format save.
+
+Nothing read back from the cache is unpickled (anyone who shares the cache folder can write
+there): tensors are safetensors, everything else is JSON in the safetensors header, and a
+checkpoint's fingerprint is read from that header and checked before any tensor is loaded.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from dataclasses import dataclass
@@ -16,6 +20,8 @@ from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 
 from stages import paths
 from stages.diffusion import tokenize
@@ -94,8 +100,15 @@ def encode_dataset(
 ) -> Encoded:
     """Encode images and captions once; reuse the result from `cache_file` when present."""
     if cache_file.is_file():
-        log.info("latents and text embeddings from the cache %s", cache_file)
-        return Encoded(**torch.load(cache_file, weights_only=True))
+        try:
+            with safe_open(cache_file, framework="pt", device="cpu") as cached:
+                names = cached.keys()
+                tensors = {name: cached.get_tensor(name) for name in names}
+            log.info("latents and text embeddings from the cache %s", cache_file)
+            return Encoded(tensors["mean"], tensors["std"], tensors.get("hidden"),
+                           tensors["input_ids"])  # fmt: skip
+        except (OSError, SafetensorError, KeyError) as error:
+            log.warning("ignoring an unreadable latents cache %s (%s)", cache_file, error)
     device, dtype = pipe.vae.device, pipe.vae.dtype
     means, stds = [], []
     for flip in (False, True) if flips else (False,):
@@ -115,33 +128,92 @@ def encode_dataset(
         )
     encoded = Encoded(torch.cat(means), torch.cat(stds), hidden, input_ids)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    buffer = _serialise(encoded.__dict__)
-    atomic_write_bytes(cache_file, buffer)
+    tensors = {k: v.contiguous() for k, v in encoded.__dict__.items() if v is not None}
+    atomic_write_bytes(cache_file, safetensors_bytes(tensors))
     return encoded
 
 
-def _serialise(value: Any) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(value, buffer)
-    return buffer.getvalue()
+CHECKPOINT_FORMAT = "pokemon-lora-checkpoint/1"
+
+
+def split_tensors(value: Any, tensors: dict[str, torch.Tensor], where: str = "") -> Any:
+    """`value` as JSON, each tensor in it moved to `tensors` under its path and replaced by
+    {"__tensor__": path}. Tuples and dicts with keys other than strings (an optimiser's state
+    is keyed by parameter index) are tagged, so that join_tensors gives back the same types."""
+    if isinstance(value, torch.Tensor):
+        if where in tensors:
+            raise ValueError(f"checkpoint: two tensors at {where}")
+        tensors[where] = value.detach().cpu().contiguous()
+        return {"__tensor__": where}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, tuple):
+        return {
+            "__tuple__": [split_tensors(v, tensors, f"{where}/{i}") for i, v in enumerate(value)]
+        }
+    if isinstance(value, list):
+        return [split_tensors(v, tensors, f"{where}/{i}") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        items = [[k, split_tensors(v, tensors, f"{where}/{k}")] for k, v in value.items()]
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return dict(items)
+        if not all(isinstance(k, str | int) for k in value):
+            raise TypeError(f"checkpoint: keys of {where or 'the state'} are not str or int")
+        return {"__items__": items}
+    raise TypeError(f"checkpoint: cannot store a {type(value).__name__} at {where or 'the top'}")
+
+
+def join_tensors(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of split_tensors."""
+    if isinstance(value, list):
+        return [join_tensors(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if value.keys() == {"__tensor__"}:
+        return tensors[value["__tensor__"]]
+    if value.keys() == {"__tuple__"}:
+        return tuple(join_tensors(v, tensors) for v in value["__tuple__"])
+    if value.keys() == {"__items__"}:
+        return {k: join_tensors(v, tensors) for k, v in value["__items__"]}
+    return {k: join_tensors(v, tensors) for k, v in value.items()}
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint in one rename: a run killed while saving keeps the previous one."""
-    atomic_write_bytes(path, _serialise(state))
+    """Write a checkpoint in one rename: a run killed while saving keeps the previous one.
+
+    One safetensors file: the tensors (LoRA weights, optimiser moments), and in its header the
+    fingerprint and the rest of the state as JSON. Nothing in it is ever unpickled.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = split_tensors(state, tensors)
+    header = {"format": CHECKPOINT_FORMAT, "fingerprint": str(state["fingerprint"]),
+              "state": json.dumps(skeleton)}  # fmt: skip
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=header))
 
 
 def load_checkpoint(path: Path, expected: str) -> dict[str, Any] | None:
-    """The checkpoint at `path` if it belongs to this run (same fingerprint), else None."""
+    """The checkpoint at `path` if it belongs to this run (same fingerprint), else None.
+
+    The fingerprint is read from the header alone; no tensor is loaded for a checkpoint of
+    another run, and a file that is not one of our checkpoints (a pickle, say) is only reported.
+    """
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, weights_only=False, map_location="cpu")
-    except (OSError, RuntimeError, EOFError) as error:
-        log.warning("ignoring an unreadable checkpoint %s (%s)", path, error)
-        return None
-    if state.get("fingerprint") != expected:
-        log.info("the checkpoint in %s is from other params or data: starting over", path)
+        with safe_open(path, framework="pt", device="cpu") as checkpoint:
+            header = checkpoint.metadata() or {}
+            if header.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"not a {CHECKPOINT_FORMAT} file")
+            if header.get("fingerprint") != expected:
+                log.info("the checkpoint in %s is from other params or data: starting over", path)
+                return None
+            names = checkpoint.keys()
+            tensors = {name: checkpoint.get_tensor(name) for name in names}
+        state = join_tensors(json.loads(header["state"]), tensors)
+        if state.get("fingerprint") != expected:
+            raise ValueError("its state does not match its header")
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError, AttributeError) as error:
+        log.warning("ignoring an unreadable checkpoint %s (%s): starting over", path, error)
         return None
     return state
 

@@ -72,6 +72,19 @@ class DataParams(Section):
     backoff: float = Field(
         0.5, ge=0, le=60, description="Seconds before the first retry, doubling each time"
     )
+    max_bytes: int = Field(
+        20_000_000, ge=1000, le=10_000_000_000, description="Bytes a downloaded file may have"
+    )
+    deadline: float = Field(
+        120.0, gt=0, le=3600, description="Seconds one file may take, first request to last byte"
+    )
+    max_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        le=1_000_000_000,
+        description="Pixels an image may have, read from its header before decoding",
+    )
+    max_rows: int = Field(20_000, ge=1, le=10_000_000, description="Rows the stats CSV may have")
 
     @field_validator("stats_url", "images_url")
     @classmethod

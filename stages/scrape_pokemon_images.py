@@ -5,12 +5,14 @@ url fetches data.images_url, a URL template ({id}, {id:03d}, {name}, {slug}) or 
 Every image is decoded to verify it. Failures are listed with their reason in
 data/external/scrape_report.json; the stage fails only when there are more than
 data.max_failures of them. Raw files keep their bytes; their extension follows their format.
+A file over data.max_bytes or past data.deadline, or an image over data.max_pixels (a
+decompression bomb, refused before it is decoded), is one failure with its reason.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -18,10 +20,10 @@ from tqdm import tqdm
 
 from stages import paths
 from stages.cli import run_stage
-from stages.download import FetchResult, FetchSettings, fetch_all, is_url
+from stages.download import FetchResult, FetchSettings, fetch_all, is_url, megabytes
 from stages.errors import StageError
 from stages.fsutil import atomic_dir, atomic_write_json
-from stages.images import BadImageError, decode_image, image_extension, png_bytes
+from stages.images import BadImageError, decode_image, image_extension, limit_pixels, png_bytes
 from stages.params import DataParams, load_params
 from stages.pokemon import image_url, slugify
 from stages.stats import read_stats
@@ -32,12 +34,15 @@ log = logging.getLogger(__name__)
 SYNTHETIC_SIZE = 128  # pixels: raw synthetic sprites, like the 120 px sprites of real sets
 
 
-def raw_name(pokemon_id: int, data: bytes) -> str:
-    return f"{pokemon_id:04d}{image_extension(decode_image(data))}"
+def raw_name(pokemon_id: int, data: bytes, max_pixels: int) -> str:
+    return f"{pokemon_id:04d}{image_extension(decode_image(data, max_pixels))}"
 
 
-def validate_image(data: bytes) -> None:
-    decode_image(data)  # BadImageError is a ValueError: the downloader reports it
+def image_validator(max_pixels: int) -> Callable[[bytes], None]:
+    def validate_image(data: bytes) -> None:
+        decode_image(data, max_pixels)  # BadImageError is a ValueError: the downloader reports it
+
+    return validate_image
 
 
 def draw_all(stats: pd.DataFrame, seed: int, out: Path) -> list[dict]:
@@ -59,7 +64,7 @@ def folder_index(folder: Path) -> dict[object, Path]:
     return index
 
 
-def copy_from_folder(stats: pd.DataFrame, folder: Path, out: Path) -> list[dict]:
+def copy_from_folder(stats: pd.DataFrame, folder: Path, out: Path, data: DataParams) -> list[dict]:
     if not folder.is_dir():
         raise StageError(f"data.images_url {folder}: no such folder")
     index = folder_index(folder)
@@ -70,22 +75,33 @@ def copy_from_folder(stats: pd.DataFrame, folder: Path, out: Path) -> list[dict]
             reason = f"no file named {row.id} or {slugify(row.name)} in {folder}"
             failures.append({"id": row.id, "name": row.name, "url": str(folder), "reason": reason})
             continue
-        data = path.read_bytes()
-        try:
-            (out / raw_name(row.id, data)).write_bytes(data)
-        except BadImageError as error:
-            failures.append(
-                {"id": row.id, "name": row.name, "url": str(path), "reason": str(error)}
+        failure = {"id": row.id, "name": row.name, "url": str(path)}
+        size = path.stat().st_size
+        if size > data.max_bytes:
+            reason = (
+                f"{megabytes(size)}, over data.max_bytes ({megabytes(data.max_bytes)}): "
+                "refused; raise data.max_bytes in params.yaml if the file is genuine"
             )
+            failures.append({**failure, "reason": reason})
+            continue
+        content = path.read_bytes()
+        try:
+            (out / raw_name(row.id, content, data.max_pixels)).write_bytes(content)
+        except BadImageError as error:
+            failures.append({**failure, "reason": str(error)})
     return failures
 
 
 def download_all(stats: pd.DataFrame, data: DataParams, out: Path) -> list[dict]:
     template = str(data.images_url)
     items = [(row.id, image_url(template, row.id, row.name)) for row in stats.itertuples()]
-    settings = FetchSettings(data.timeout, data.retries, data.backoff, data.concurrency)
+    settings = FetchSettings(
+        timeout=data.timeout, retries=data.retries, backoff=data.backoff,
+        concurrency=data.concurrency, max_bytes=data.max_bytes, deadline=data.deadline,
+    )  # fmt: skip
+    validate = image_validator(data.max_pixels)
     results: Iterable[FetchResult] = fetch_all(
-        items, paths.download_cache_dir(), settings, validate_image, desc="download images"
+        items, paths.download_cache_dir(), settings, validate, desc="download images"
     )
     names = dict(zip(stats["id"], stats["name"], strict=True))
     failures, cached = [], 0
@@ -98,7 +114,8 @@ def download_all(stats: pd.DataFrame, data: DataParams, out: Path) -> list[dict]
             continue
         cached += result.cached
         content = result.path.read_bytes()
-        (out / raw_name(int(result.key), content)).write_bytes(content)  # type: ignore[call-overload]
+        name = raw_name(int(result.key), content, data.max_pixels)  # type: ignore[call-overload]
+        (out / name).write_bytes(content)
     log.info("%d images were already downloaded and valid: not fetched again", cached)
     return failures
 
@@ -107,6 +124,7 @@ def main() -> None:
     params = load_params("base", "data")
     data = params.data
     stats = read_stats()
+    limit_pixels(data.max_pixels)  # Pillow's own bomb check, at the same cap, before threads
     with atomic_dir(paths.RAW_IMAGES) as out:
         if data.source == "synthetic":
             failures, origin = draw_all(stats, params.base.seed, out), "synthetic"
@@ -114,7 +132,7 @@ def main() -> None:
             failures, origin = download_all(stats, data, out), str(data.images_url)
         else:
             folder = Path(str(data.images_url).removeprefix("file://")).expanduser()
-            failures, origin = copy_from_folder(stats, folder, out), str(folder)
+            failures, origin = copy_from_folder(stats, folder, out, data), str(folder)
         report = {
             "source": origin,
             "pokemon": len(stats),

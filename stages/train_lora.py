@@ -133,10 +133,10 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
     )
     encoded = encode_dataset(
         pipe, examples, cfg.random_flip, with_text=not cfg.train_text_encoder,
-        cache_file=paths.user_cache_dir() / "latents" / f"{cache_key}.pt",
+        cache_file=paths.user_cache_dir() / "latents" / f"{cache_key}.safetensors",
     )  # fmt: skip
     run = TrainingRun(cfg, accelerator, pipe)
-    checkpoint_file = paths.user_cache_dir() / "checkpoints" / run_id / "checkpoint.pt"
+    checkpoint_file = paths.user_cache_dir() / "checkpoints" / run_id / "checkpoint.safetensors"
     start_step, history = run.resume(load_checkpoint(checkpoint_file, run_id))
     if start_step:
         log.info("resuming from the checkpoint at step %d (%s)", start_step, checkpoint_file)
