@@ -8,6 +8,7 @@ learning rate 1e-4, 5e-4 queue four experiments. Lists (prompts, seeds) take one
 from __future__ import annotations
 
 import html
+import logging
 import types
 import typing
 from collections.abc import Callable
@@ -19,7 +20,8 @@ import ipywidgets as w
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML, YAMLError
 
-from dashboard.actions import Launch, check_name, expand_grid
+from dashboard.actions import Launch, check_new_name, expand_grid
+from dashboard.dvc_cli import error_text
 from stages.params import SECTIONS, read_params_file
 
 MAX_GRID = 64
@@ -172,11 +174,17 @@ def section_errors(section: str, content: dict[str, Any]) -> dict[str, str]:
 
 class LaunchForm:
     """The form's widgets and state over the repository at `repo`; `launches()` validates and
-    returns the experiments to run, or raises ValueError (messages are next to the fields)."""
+    returns the experiments to run, or raises ValueError (messages are next to the fields).
+
+    Queue and Run now hand the launches to `on_queue` / `on_run` through `perform`, the page's
+    one error path (ManagePanel._do: it shows any error and logs it, and returns whether the
+    action succeeded); alone, the form shows errors itself."""
 
     def __init__(self, repo: Path, on_queue: Callable[[list[Launch]], None],
-                 on_run: Callable[[Launch], None]):  # fmt: skip
+                 on_run: Callable[[Launch], None],
+                 perform: Callable[[Callable[[], None]], bool] | None = None):  # fmt: skip
         self.repo = Path(repo)
+        self.perform = perform or self._perform
         self.specs = field_specs()
         self.current: dict[str, Any] = {}
         self.inputs: dict[str, w.Text] = {}
@@ -345,22 +353,42 @@ class LaunchForm:
                 f"{name}: {message}" for name, message in errors.items()))  # fmt: skip
         if not checked:
             raise ValueError("nothing changed: edit a value first")
-        launches = expand_grid(checked, check_name(self.name.value.strip()) or None
-                               if self.name.value.strip() else None)  # fmt: skip
+        launches = expand_grid(checked, self.name.value.strip() or None)
         if len(launches) > MAX_GRID:
             raise ValueError(f"a grid of {len(launches)} experiments: at most {MAX_GRID}")
+        for launch in launches:  # not '-x' (an option), nor a branch, tag or commit of git
+            if launch.name:
+                check_new_name(self.repo, launch.name)
         return launches
 
     def _submit(self, action: Callable[[list[Launch]], None], single: bool = False) -> None:
-        try:
+        try:  # what the form itself finds wrong is said next to it, before anything runs
             launches = self.launches()
             if single and len(launches) != 1:
                 raise ValueError(f"Run now runs one experiment; this is a grid of "
                                  f"{len(launches)}: queue it instead")  # fmt: skip
-            action(launches)
         except ValueError as error:
-            self.message.value = (f"<span class='launch-error' style='color:#cf222e'>"
-                                  f"{html.escape(str(error))}</span>")  # fmt: skip
+            self._say(str(error))
             return
         self.message.value = ""
-        self.load(reset=True)
+
+        def launch() -> None:
+            action(launches)
+
+        launch.__name__ = "run now" if single else "queue"
+        if self.perform(launch):  # failed: the fields stay as typed, to fix and try again
+            self.load(reset=True)
+
+    def _say(self, message: str) -> None:
+        self.message.value = (f"<span class='launch-error' style='color:#cf222e'>"
+                              f"{html.escape(message)}</span>")  # fmt: skip
+
+    def _perform(self, action: Callable[[], None]) -> bool:
+        """The error path of a form used alone (no panel): say the error here, log it."""
+        try:
+            action()
+        except Exception as error:
+            logging.getLogger("dashboard").warning("launching failed", exc_info=error)
+            self._say(error_text(error, "launching"))
+            return False
+        return True

@@ -5,6 +5,7 @@ method that runs one action and says what happened; the app's watcher then redra
 from __future__ import annotations
 
 import html
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from dashboard.app import Dashboard
 
 LOG_LINES = 60
+log = logging.getLogger("dashboard")
 
 
 def _pre(text: str, css: str = "") -> str:
@@ -39,11 +41,12 @@ class ManagePanel:
     def __init__(self, app: Dashboard):
         self.app = app
         self.repo: Path = app.store.path
-        self.running: dict[str, Any] = {}  # workspace runs started here: name -> (process, log)
+        self.running: dict[str, actions.WorkspaceRun] = {}  # workspace runs started here
         self.failure_logs: dict[str, str] = {}
         self._stamps: dict[str, object] = {}  # file -> (mtime, size) at the last look
         self.launched: set[str] = set()  # names queued from this page, not yet started
-        self.form = LaunchForm(self.repo, on_queue=self.queue, on_run=self.run_now)
+        self.form = LaunchForm(self.repo, on_queue=self.queue, on_run=self.run_now,
+                               perform=self._do)  # fmt: skip
         self.status = w.HTML()
         self.status.add_class("action-status")
         self.jobs = w.BoundedIntText(value=1, min=1, max=16, description="Workers",
@@ -120,11 +123,19 @@ class ManagePanel:
         button.on_click(lambda _: self._do(action))
         return button
 
-    def _do(self, action: Callable[[], None]) -> None:
+    def _do(self, action: Callable[[], None]) -> bool:
+        """The one error path of every button and the form: run `action`; when it fails, say
+        why in the page (replacing any "...ing" message) and log the traceback. Whether it
+        succeeded."""
         try:
             action()
         except Exception as error:
-            self.say(error_text(error, "an action"), error=True)
+            if isinstance(error, (DvcError, ValueError)):  # expected: error_text logs the rest
+                log.warning("%s failed: %s", getattr(action, "__name__", "an action"), error,
+                            exc_info=error)  # fmt: skip
+            self.say(error_text(error, getattr(action, "__name__", "an action")), error=True)
+            return False
+        return True
 
     def say(self, message: str, error: bool = False) -> None:
         color = "#cf222e" if error else "#1a7f37"
@@ -139,31 +150,39 @@ class ManagePanel:
     # ----- launch --------------------------------------------------------------------------
     def queue(self, launches: list[actions.Launch]) -> None:
         self.say(f"Queueing {len(launches)} experiment(s)...")
-        names = actions.queue(self.repo, launches)
+        try:
+            names = actions.queue(self.repo, launches)
+        except actions.QueueError as error:  # part of a grid queued: show and follow those
+            self.launched.update(error.queued)
+            if error.queued:
+                self._after()
+            raise
         self.launched.update(names)
         self.say(f"Queued {len(names)}: {', '.join(names)}. Start the queue to run them.")
         self._after()
 
     def run_now(self, launch: actions.Launch) -> None:
-        busy = [name for name, (process, _) in self.running.items() if process.poll() is None]
-        if busy:
-            raise ValueError(f"{busy[0]} still runs in the workspace: wait, or queue this one")
-        process, log_file = actions.run_now(self.repo, launch)
+        """Start a workspace run; refused (WorkspaceBusy, naming the holder) while another tab
+        or process holds the workspace lock, which the run holds until it ends."""
+        run = actions.run_now(self.repo, launch)
         name = launch.name or "workspace run"
-        self.running[name] = (process, log_file)
-        self.say(f"Running {name} in the workspace (log: {log_file.relative_to(self.repo)}).")
+        self.running[name] = run
+        self.say(f"Running {name} in the workspace (log: {run.log.relative_to(self.repo)}).")
         threading.Thread(target=self._wait_run, args=(name,), daemon=True).start()
 
     def _wait_run(self, name: str) -> None:
-        process, log_file = self.running[name]
-        code = process.wait()
-        if code == 0:
-            self.say(f"{name} finished.")
-        else:
-            text = log_file.read_text(errors="replace") if log_file.exists() else ""
-            self.say(f"{name} failed (exit {code}); its log:", error=True)
-            self.log_view.value = _pre(tail(text), "run-log")
-        self._after()
+        run = self.running[name]
+        code = run.wait()  # releases the workspace lock
+        try:
+            if code == 0:
+                self.say(f"{name} finished.")
+            else:
+                text = run.log.read_text(errors="replace") if run.log.exists() else ""
+                self.say(f"{name} failed (exit {code}); its log:", error=True)
+                self.log_view.value = _pre(tail(text), "run-log")
+            self._after()
+        except Exception as error:  # a thread's errors would vanish: the page says them
+            self.say(error_text(error, f"after {name}"), error=True)
 
     # ----- queue ---------------------------------------------------------------------------
     def start_queue(self) -> None:
@@ -180,7 +199,7 @@ class ManagePanel:
         running = self._picked_rows(states={"running"})
         if not running:
             raise ValueError("pick a running experiment first")
-        actions.queue_kill(self.repo, [r["name"] for r in running])
+        actions.queue_kill(self.repo, [actions.target(self.repo, r) for r in running])
         self.say(f"Interrupted {', '.join(r['name'] for r in running)}.")
         self._after()
 
@@ -325,18 +344,36 @@ class ManagePanel:
                  "with `git commit` (and `dvc push` to share the outputs).")  # fmt: skip
         self._after()
 
+    def _targets(self, rows: list[dict[str, Any]]) -> list[actions.Target]:
+        """The picked rows as dvc will be given them: full refs (queue tasks: ids), checked
+        against the repository now."""
+        return [actions.target(self.repo, row) for row in rows]
+
+    def _shown(self, item: actions.Target) -> str:
+        """An experiment's name for a question, as it is; with its ref when the name alone
+        would be misread (a teammate's `-A`, `main`)."""
+        why = actions.name_warning(self.repo, item.name)
+        name = f"<b>{html.escape(item.name)}</b>"
+        if why:
+            name += (
+                f" <span class='odd-name' style='color:#9a6700'>(its name {html.escape(why)};"
+                f" acted on by its ref <code>{html.escape(item.rev)}</code>)</span>"
+            )
+        return name
+
     def branch(self) -> None:
-        row = self._one_picked()
-        actions.branch(self.repo, row["name"], self.branch_name.value.strip())
-        self.say(f"Made branch {self.branch_name.value.strip()} from {row['name']}.")
+        (item,) = self._targets([self._one_picked()])
+        new = self.branch_name.value.strip()
+        actions.branch(self.repo, item, new)
+        self.say(f"Made branch {new} from {item.name}.")
         self.branch_name.value = ""
         self._after()
 
     def rename(self) -> None:
-        row = self._one_picked()
+        (item,) = self._targets([self._one_picked()])
         new = self.new_name.value.strip()
-        actions.rename(self.repo, row["name"], new)
-        self.say(f"Renamed {row['name']} to {new}.")
+        actions.rename(self.repo, item, new)
+        self.say(f"Renamed {item.name} to {new}.")
         self.new_name.value = ""
         self._after()
 
@@ -344,23 +381,24 @@ class ManagePanel:
         rows = self._picked_rows()
         if not rows:
             raise ValueError("pick the experiments to remove first")
-        names = [r["name"] for r in rows]
+        targets = self._targets(rows)  # resolved now; checked again at Confirm
         question = (
-            f"Remove {len(names)} experiment(s): <b>{html.escape(', '.join(names))}</b>? "
+            f"Remove {len(targets)} experiment(s): "
+            f"{', '.join(self._shown(item) for item in targets)}? "
             "Their git refs go; outputs stay in the DVC cache until `dvc gc`."
         )
-        self._confirm(question, lambda: self._remove(names))
+        self._confirm(question, lambda: self._remove(targets))
 
-    def _remove(self, names: list[str]) -> None:
-        actions.remove(self.repo, names)
-        self.say(f"Removed {', '.join(names)}.")
+    def _remove(self, targets: list[actions.Target]) -> None:
+        actions.remove(self.repo, targets)  # nothing, and says so, if a ref moved since
+        self.say(f"Removed {', '.join(item.name for item in targets)}.")
         self._after()
 
     def push(self) -> None:
         rows = self._picked_rows()
         if not rows:
             raise ValueError("pick the experiments to push first")
-        self.say(actions.push(self.repo, self.remote.value, [r["name"] for r in rows]))
+        self.say(actions.push(self.repo, self.remote.value, self._targets(rows)))
         self._after()
 
     def pull(self) -> None:
