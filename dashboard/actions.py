@@ -15,11 +15,12 @@ import itertools
 import json
 import re
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dashboard import workspace
 from dashboard.dvc_cli import DvcError, dvc_env, dvc_executable, git, git_refs, run_dvc
 from dashboard.locks import WorkspaceLock
 
@@ -254,15 +255,35 @@ def queue_status(repo: Path) -> QueueStatus:
     return status
 
 
-def uncommitted_changes(repo: Path) -> list[str]:
-    """Tracked files changed in the workspace (`git status --porcelain`), which `dvc exp apply`
-    would overwrite."""
-    status = git(repo, "status", "--porcelain", "--untracked-files=no")
-    return [line[3:] for line in status.splitlines() if line.strip()]
+def overwritten(repo: Path, target: Target) -> workspace.Overwritten:
+    """What applying `target` would overwrite in the workspace now: edited tracked files,
+    untracked files the experiment also has, changed DVC outputs (dashboard.workspace)."""
+    (rev,) = _refs(repo, [target], "applied")
+    return workspace.overwritten(repo, rev)
 
 
-def apply(repo: Path, name: str) -> str:
-    return run_dvc(["exp", "apply", name], repo, timeout=300)
+def apply(
+    repo: Path,
+    target: Target,
+    shown: workspace.Overwritten | None = None,
+    started: Callable[[subprocess.Popen], None] | None = None,
+) -> int:
+    """`dvc exp apply -- REF` under the workspace lock, after keeping the workspace as an undo
+    entry (its number); ChangedSinceAsked, and nothing done, when more would be overwritten
+    than `shown`. See dashboard.workspace.apply."""
+    (rev,) = _refs(repo, [target], "applied")
+    return workspace.apply(repo, rev, shown, started)
+
+
+def undo(
+    repo: Path,
+    shown: workspace.UndoPlan | None = None,
+    started: Callable[[subprocess.Popen], None] | None = None,
+) -> workspace.UndoEntry:
+    """Bring back the workspace as it was before the newest apply, under the workspace lock;
+    UndoChangedSinceAsked, and nothing done, when it would replace more than `shown` said
+    (dashboard.workspace.undo)."""
+    return workspace.undo(repo, shown, started)
 
 
 def branch(repo: Path, target: Target, new_branch: str) -> str:

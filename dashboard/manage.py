@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
-from dashboard import actions
+from dashboard import actions, workspace
 from dashboard.data import format_cell
-from dashboard.dvc_cli import DvcError, error_text
+from dashboard.dvc_cli import DvcError, error_text, interrupt
 from dashboard.form import LaunchForm
 
 if TYPE_CHECKING:
@@ -33,6 +33,53 @@ def _pre(text: str, css: str = "") -> str:
 def tail(text: str, lines: int = LOG_LINES) -> str:
     kept = text.rstrip().splitlines()[-lines:]
     return "\n".join(kept)
+
+
+SHOWN_FILES = 30  # files named per group in a question; the rest are counted
+
+
+def _files(paths: list[str] | dict[str, str]) -> str:
+    """Paths (with what changed, for outputs), escaped, the first SHOWN_FILES of them."""
+    items = [f"{p} ({paths[p]})" if isinstance(paths, dict) else p for p in paths]
+    more = f" and {len(items) - SHOWN_FILES} more" if len(items) > SHOWN_FILES else ""
+    return html.escape(", ".join(items[:SHOWN_FILES]) + more)
+
+
+def overwritten_html(what: workspace.Overwritten) -> str:
+    """What an apply overwrites, grouped, for its question; and that Undo brings it back."""
+    if not what:
+        return ("<div class='apply-safe'>Nothing of yours is overwritten: no edited or untracked "
+                "file of the experiment's, no changed output. <b>Undo</b> brings the workspace "
+                "back as it is now.</div>")  # fmt: skip
+    groups = [
+        ("apply-edited", "Edited files", what.edited),
+        ("apply-untracked", "Untracked files that the experiment also has", what.untracked),
+        ("apply-outputs", "Outputs changed since the last <code>dvc commit</code>", what.outputs),
+    ]
+    items = "".join(f"<li class='{css}'>{title}: {_files(paths)}</li>"
+                    for css, title, paths in groups if paths)  # fmt: skip
+    return ("<div class='apply-warning' style='color:#9a6700'>⚠ This replaces your version of:"
+            f"<ul class='apply-overwrites'>{items}</ul>It is kept first "
+            f"(<code>{workspace.UNDO_REFS}</code>, <code>{workspace.UNDO_FILES}</code>): "
+            "<b>Undo</b> brings it back, with the workspace as it is now.</div>")  # fmt: skip
+
+
+def undo_html(plan: workspace.UndoPlan) -> str:
+    """What an Undo brings back, and what changed since the apply that it replaces."""
+    kept = plan.entry.kept
+    text = (f"Undo the Apply of <b>{html.escape(plan.entry.experiment)}</b>? The workspace comes "
+            "back as it was before it: params.yaml, dvc.lock and the outputs")  # fmt: skip
+    groups = [("undo-edited", "your edits of", kept.edited),
+              ("undo-untracked", "your untracked", kept.untracked),
+              ("undo-outputs", "your changed outputs", kept.outputs)]  # fmt: skip
+    items = "".join(f"<li class='{css}'>{title} {_files(paths)}</li>"
+                    for css, title, paths in groups if paths)  # fmt: skip
+    text += f", and <ul class='undo-back'>{items}</ul>" if items else ".<br>"
+    replaced = [*plan.changed_since, *plan.outputs_changed_since]
+    if replaced:
+        text += ("<div class='undo-warning' style='color:#9a6700'>⚠ Changed since the Apply, "
+                 f"and replaced: {_files(replaced)}</div>")  # fmt: skip
+    return text
 
 
 class ManagePanel:
@@ -76,6 +123,15 @@ class ManagePanel:
         self.apply_button = self._button("Apply", "check", self.ask_apply,
                                          "dvc exp apply: bring the picked experiment into the "
                                          "workspace")  # fmt: skip
+        self.undo_button = self._button("Undo", "undo", self.ask_undo,
+                                        "bring the workspace back as it was before the last "
+                                        "Apply from this page")  # fmt: skip
+        self.cancel_button = self._button("Cancel", "stop", self.cancel_work,
+                                          "stop the apply or undo cleanly (as Ctrl-C); Undo "
+                                          "then brings back what was there")  # fmt: skip
+        self.cancel_button.layout.display = "none"
+        self.work: threading.Thread | None = None  # the apply or undo going on, if any
+        self._process: Any = None  # its dvc process, for Cancel
         self.branch_name = w.Text(placeholder="new branch", layout=w.Layout(width="160px"))
         self.branch_button = self._button(
             "Branch", "code-fork", self.branch, "dvc exp branch: make a git branch of the picked"
@@ -109,7 +165,8 @@ class ManagePanel:
             w.HBox([self.jobs, self.start_button, self.stop_button, self.kill_button]),
             self.queue_info, w.HBox([self.log_choice, self.log_button]), self.log_view,
             w.HTML("<h4 style='margin:12px 0 2px'>Picked experiments</h4>"),
-            w.HBox([self.apply_button, self.branch_name, self.branch_button, self.new_name,
+            w.HBox([self.apply_button, self.undo_button, self.cancel_button, self.branch_name,
+                    self.branch_button, self.new_name,
                     self.rename_button, self.remove_button, self.remote, self.push_button,
                     self.pull_button], layout=w.Layout(flex_flow="row wrap")),
             self.confirm_box, self.status,
@@ -242,6 +299,7 @@ class ManagePanel:
                 widget.layout.display = None if remotes else "none"
         if self._changed("params.yaml"):
             self.form.load()
+        self._show_undo()
 
     def _changed(self, name: str) -> bool:
         """Whether file `name` of the repository changed since the last look (first look: yes)."""
@@ -321,28 +379,130 @@ class ManagePanel:
         if row["state"] != "success":
             raise ValueError(f"{row['name']} is {row['state']}: only a finished experiment can "
                              "be applied")  # fmt: skip
+        (item,) = self._targets([row])  # by its full ref: `main` is the experiment, not the branch
+        # the question at once, without Confirm, while git and dvc say what would be overwritten
+        checking = "<div class='apply-checking'>Checking what it would overwrite…</div>"
+        self.confirm_box.children = [self._question(self._apply_question(row, item) + checking)]
+        try:
+            what = actions.overwritten(self.repo, item)
+        except BaseException:
+            self.confirm_box.children = []
+            raise
+        self._ask_apply(row, item, what)
+
+    def _apply_question(self, row: dict[str, Any], item: actions.Target) -> str:
         changes = self.apply_preview(row)
-        dirty = actions.uncommitted_changes(self.repo)
         question = (
-            f"Apply <b>{html.escape(row['name'])}</b> to the workspace? params.yaml, "
-            "dvc.lock and the outputs become the experiment's."
+            f"Apply {self._shown(item)} to the workspace? params.yaml, dvc.lock and the outputs "
+            "become the experiment's."
         )
         if changes:
             items = "".join(f"<li>{html.escape(c)}</li>" for c in changes)
-            question += f"<ul class='apply-changes'>{items}</ul>"
-        else:
-            question += "<br>The params are the same as the workspace's."
-        if dirty:
-            question += ("<div class='apply-warning' style='color:#9a6700'>⚠ Uncommitted changes "
-                         f"in {html.escape(', '.join(dirty))} will be replaced; commit them "
-                         "first to keep them.</div>")  # fmt: skip
-        self._confirm(question, lambda: self._apply(row["name"]))
+            return question + f"<ul class='apply-changes'>{items}</ul>"
+        return question + "<br>The params are the same as the workspace's."
 
-    def _apply(self, name: str) -> None:
-        actions.apply(self.repo, name)
-        self.say(f"Applied {name}: the workspace now holds its params and outputs. Commit them "
-                 "with `git commit` (and `dvc push` to share the outputs).")  # fmt: skip
-        self._after()
+    def _ask_apply(self, row: dict[str, Any], item: actions.Target,
+                   what: workspace.Overwritten, note: str = "") -> None:  # fmt: skip
+        question = note + self._apply_question(row, item) + overwritten_html(what)
+        self._confirm(question, lambda: self._apply(row, item, what))
+
+    @staticmethod
+    def _question(question: str) -> w.HTML:
+        return w.HTML(f"<div class='confirm-text' style='background:#fff8c5;padding:8px;"
+                      f"border-radius:6px'>{question}</div>")  # fmt: skip
+
+    def _apply(self, row: dict[str, Any], item: actions.Target,
+               shown: workspace.Overwritten) -> None:  # fmt: skip
+        """At Confirm: apply, in the background, unless more would be overwritten than the
+        question said (then it asks again with the new list)."""
+
+        def apply_experiment(started: Callable[[Any], None]) -> None:
+            try:
+                number = actions.apply(self.repo, item, shown, started)
+            except workspace.ChangedSinceAsked as changed:
+                note = ("<div class='apply-changed' style='color:#cf222e'>The workspace changed "
+                        f"since you were asked ({_files(changed.new)}): nothing was applied. "
+                        "Look again:</div>")  # fmt: skip
+                self._ask_apply(row, item, changed.now, note)
+                self.say(f"Nothing applied: {changed}", error=True)
+                return
+            kept = len(workspace.entries(self.repo))
+            self.say(f"Applied {item.name}: the workspace now holds its params and outputs; "
+                     f"Undo brings back what was there (kept as undo entry {number}; {kept} "
+                     "kept in all). Commit them with `git commit` (and `dvc push` to share the "
+                     "outputs).")  # fmt: skip
+            self._after()
+
+        self._in_background(f"Applying {item.name}", apply_experiment)
+
+    def ask_undo(self) -> None:
+        plan = workspace.undo_plan(self.repo)
+        if plan is None:
+            self._show_undo()
+            raise ValueError("nothing to undo: no Apply from this page is kept")
+        self._confirm(undo_html(plan), lambda: self._undo(plan))
+
+    def _undo(self, shown: workspace.UndoPlan) -> None:
+        def undo_apply(started: Callable[[Any], None]) -> None:
+            try:
+                entry = actions.undo(self.repo, shown, started)
+            except workspace.UndoChangedSinceAsked as changed:
+                note = (
+                    "<div class='apply-changed' style='color:#cf222e'>Changed since you were "
+                    f"asked ({_files(changed.new)}): nothing was undone. Look again:</div>"
+                )
+                plan = changed.plan
+                self._confirm(note + undo_html(plan), lambda: self._undo(plan))
+                self.say(f"Nothing undone: {changed}", error=True)
+                return
+            left = len(workspace.entries(self.repo))
+            more = f" {left} earlier Apply(s) can be undone too." if left else ""
+            self.say(f"Undone: the workspace is back as it was before {entry.experiment} was "
+                     f"applied.{more}")  # fmt: skip
+            self._after()
+
+        self._in_background("Undoing the last Apply", undo_apply)
+
+    def _in_background(self, doing: str, work: Callable[[Callable[[Any], None]], None]) -> None:
+        """Run `work(started)` on a thread, so that the page stays live and Cancel can stop
+        the dvc process that `started` is handed (SIGINT, never a kill)."""
+        if self.work is not None and self.work.is_alive():
+            raise ValueError(f"{self.work.name} is still going: wait for it to finish")
+
+        def started(process: Any) -> None:
+            self._process = process
+            self.cancel_button.layout.display = None
+
+        def body() -> None:
+            def run() -> None:
+                work(started)
+
+            run.__name__ = work.__name__  # what the log names
+            try:
+                self._do(run)
+            finally:
+                self._process = None
+                self.cancel_button.layout.display = "none"
+                self._show_undo()
+
+        self.say(f"{doing}…")
+        self.work = threading.Thread(target=body, name=doing, daemon=True)
+        self.work.start()
+
+    def wait_for_work(self, timeout: float | None = None) -> None:
+        """Wait for the apply or undo going on (scripts and tests)."""
+        if self.work is not None:
+            self.work.join(timeout)
+
+    def cancel_work(self) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            raise ValueError("nothing to cancel: no apply or undo is running dvc")
+        interrupt(process)
+        self.say("Cancelling: dvc stops where it is safe to; Undo brings back what was there.")
+
+    def _show_undo(self) -> None:
+        self.undo_button.layout.display = None if workspace.has_undo(self.repo) else "none"
 
     def _targets(self, rows: list[dict[str, Any]]) -> list[actions.Target]:
         """The picked rows as dvc will be given them: full refs (queue tasks: ids), checked

@@ -81,6 +81,7 @@ def test_queue_a_grid_run_it_and_apply_one(app: Dashboard):
     assert "Apply grid-2" in question.replace("<b>", "").replace("</b>", "")
     assert "train_lora.rank: 4 → 16" in question
     manage.confirm_box.children[1].children[0].click()  # Confirm
+    manage.wait_for_work(300)  # the apply runs in the background (the page stays live)
     assert "Applied grid-2" in manage.status.value, manage.status.value
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["train_lora"]["rank"] == 16
@@ -172,7 +173,7 @@ def test_apply_warns_of_uncommitted_changes(app: Dashboard):
     app.pick(["eight"])
     app.manage.apply_button.click()
     warning = app.manage.confirm_box.children[0].value
-    assert "Uncommitted changes" in warning and "stage.py" in warning
+    assert "Edited files: stage.py" in warning and "Undo" in warning
     app.manage.confirm_box.children[1].children[1].click()  # Cancel
     assert app.manage.confirm_box.children == ()
     assert "edited" in (repo / "stage.py").read_text()
