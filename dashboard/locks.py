@@ -63,7 +63,7 @@ class WorkspaceLock:
     def fd(self) -> int | None:
         """The lock's file descriptor: pass it to a child process (`pass_fds`) that must keep
         the workspace locked should this process die first (flock goes with the open file)."""
-        return getattr(self._lock, "_context").lock_file_fd if self.held else None
+        return self._lock._context.lock_file_fd if self.held else None  # filelock keeps it here
 
     def release(self) -> None:
         if self.held:
