@@ -104,6 +104,12 @@ def encode_dataset(
             with safe_open(cache_file, framework="pt", device="cpu") as cached:
                 names = cached.keys()
                 tensors = {name: cached.get_tensor(name) for name in names}
+                channels_last = json.loads((cached.metadata() or {}).get("channels_last", "[]"))
+            # The VAE's posteriors come out channels-last, and the loop's float sums depend
+            # on the layout: the cache gives back the layout, as torch.save did, so that a run
+            # on cached latents is bit for bit the run that encoded them.
+            for name in channels_last:
+                tensors[name] = tensors[name].contiguous(memory_format=CHANNELS_LAST)
             log.info("latents and text embeddings from the cache %s", cache_file)
             return Encoded(tensors["mean"], tensors["std"], tensors.get("hidden"),
                            tensors["input_ids"])  # fmt: skip
@@ -128,11 +134,19 @@ def encode_dataset(
         )
     encoded = Encoded(torch.cat(means), torch.cat(stds), hidden, input_ids)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in encoded.__dict__.items() if v is not None}
-    atomic_write_bytes(cache_file, safetensors_bytes(tensors))
+    tensors = {k: v for k, v in encoded.__dict__.items() if v is not None}
+    channels_last = [
+        k
+        for k, v in tensors.items()
+        if v.dim() == 4 and not v.is_contiguous() and v.is_contiguous(memory_format=CHANNELS_LAST)
+    ]
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    header = {"channels_last": json.dumps(channels_last)}
+    atomic_write_bytes(cache_file, safetensors_bytes(tensors, metadata=header))
     return encoded
 
 
+CHANNELS_LAST = torch.channels_last
 CHECKPOINT_FORMAT = "pokemon-lora-checkpoint/1"
 
 
