@@ -161,9 +161,17 @@ def test_launch_a_grid_watch_it_run_and_apply_one(browser, tmp_path: Path):
                 legend = page.locator(".js-plotly-plot .legendtext").filter(has_text=name)
                 expect(legend.first).to_be_attached(timeout=WAIT)
             page.locator("button", has_text="Clear picks").click()
+            expect(page.locator(".xt-row.xt-picked")).to_have_count(0, timeout=WAIT)
             row(page, "grid-2").click()
+            # the pick reaches the kernel before Apply asks about it (on 2 busy cores it may
+            # wait behind the comparison of the last picks)
+            expect(page.locator(".xt-row.xt-picked")).to_have_count(1, timeout=WAIT)
+            expect(row(page, "grid-2")).to_have_class(re.compile("xt-picked"))
             page.locator("button", has_text="Apply").click()
-            expect(page.locator(".confirm-text")).to_contain_text("train_lora.rank: 4 → 16")
+            expect(page.locator(".confirm-text")).to_contain_text(
+                "train_lora.rank: 4 → 16", timeout=WAIT
+            )
+            expect(page.locator(".confirm-yes")).to_be_visible(timeout=WAIT)
             page.locator(".confirm-yes").click()
             expect(page.locator(".action-done")).to_contain_text("Applied grid-2", timeout=WAIT)
             assert yaml.safe_load((repo / "params.yaml").read_text())["train_lora"]["rank"] == 16
