@@ -104,7 +104,10 @@ def encode_dataset(
             with safe_open(cache_file, framework="pt", device="cpu") as cached:
                 names = cached.keys()
                 tensors = {name: cached.get_tensor(name) for name in names}
-                channels_last = json.loads((cached.metadata() or {}).get("channels_last", "[]"))
+                header = cached.metadata() or {}
+                if header.get("format") != LATENTS_FORMAT:
+                    raise KeyError(f"not a {LATENTS_FORMAT} file")
+                channels_last = json.loads(header["channels_last"])
             # The VAE's posteriors come out channels-last, and the loop's float sums depend
             # on the layout: the cache gives back the layout, as torch.save did, so that a run
             # on cached latents is bit for bit the run that encoded them.
@@ -141,12 +144,14 @@ def encode_dataset(
         if v.dim() == 4 and not v.is_contiguous() and v.is_contiguous(memory_format=CHANNELS_LAST)
     ]
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    header = {"channels_last": json.dumps(channels_last)}
+    header = {"format": LATENTS_FORMAT, "channels_last": json.dumps(channels_last)}
     atomic_write_bytes(cache_file, safetensors_bytes(tensors, metadata=header))
     return encoded
 
 
 CHANNELS_LAST = torch.channels_last
+# A cache file without this format (one written before the layout was kept) is encoded anew.
+LATENTS_FORMAT = "pokemon-lora-latents/2"
 CHECKPOINT_FORMAT = "pokemon-lora-checkpoint/1"
 
 
