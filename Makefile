@@ -36,7 +36,6 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@touch $@
 
 demo: setup
-	$(BIN)/python -m stages.params
 	$(BIN)/dvc repro
 	@echo ""
 	@echo "Pipeline done. Generated Pokémon, base and LoRA from the same noise:"
@@ -53,7 +52,6 @@ pipeline: demo
 # After a change that alters an output: run the pipeline and note the machine the committed
 # dvc.lock was made on (tests/test_lock_reproduced.py compares a fresh run against both).
 lock: setup
-	$(BIN)/python -m stages.params
 	$(BIN)/dvc repro
 	$(BIN)/python -m stages.determinism > outputs/lock_machine.json
 
