@@ -102,12 +102,11 @@ def encode_dataset(
     if cache_file.is_file():
         try:
             with safe_open(cache_file, framework="pt", device="cpu") as cached:
-                names = cached.keys()
-                tensors = {name: cached.get_tensor(name) for name in names}
                 header = cached.metadata() or {}
                 if header.get("format") != LATENTS_FORMAT:
                     raise KeyError(f"not a {LATENTS_FORMAT} file")
                 channels_last = json.loads(header["channels_last"])
+                tensors = {name: cached.get_tensor(name) for name in cached.keys()}  # noqa: SIM118 (a safe_open, not a dict)
             # The VAE's posteriors come out channels-last, and the loop's float sums depend
             # on the layout: the cache gives back the layout, as torch.save did, so that a run
             # on cached latents is bit for bit the run that encoded them.
