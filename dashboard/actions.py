@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dashboard import workspace
+from dashboard.data import ExperimentState as S
 from dashboard.dvc_cli import DvcError, dvc_env, dvc_executable, git, git_refs, run_dvc
 from dashboard.locks import WorkspaceLock
 
@@ -29,7 +30,7 @@ LOGS = Path(".dvc") / "tmp" / "dashboard"
 EXPERIMENT_REF = re.compile(r"^refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/[^/]+$")
 TASK_ID = re.compile(r"^[0-9a-f]{40}$")  # a queue task (its stash commit)
 # States of a queue task that has no experiment ref yet: dvc knows it by its id.
-QUEUE_STATES = {"queued", "running", "lost"}
+QUEUE_STATES = {S.QUEUED, S.RUNNING, S.LOST}
 
 
 def yaml_value(value: Any) -> str:
@@ -415,7 +416,7 @@ def target(repo: Path, row: Mapping[str, Any]) -> Target:
                 raise DvcError(f"{name} changed since the table was read: its ref now points "
                                f"to {commit[:7]}, not {rev[:7]}; look again")  # fmt: skip
             return Target(name, ref, commit)
-        if state != "failed":  # a failed queue task has no ref: dvc knows it by its id
+        if state != S.FAILED:  # a failed queue task has no ref: dvc knows it by its id
             raise DvcError(f"{name} is gone: no experiment ref {ref} (removed, maybe from "
                            "another tab)")  # fmt: skip
     if not TASK_ID.match(rev):
