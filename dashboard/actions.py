@@ -75,8 +75,10 @@ def check_new_name(repo: Path, name: str, what: str = "experiment name") -> str:
     check_name(name, what)
     taken = git_name(repo, name)
     if taken:
-        raise ValueError(f"{what} {name!r} is taken: it is {taken} of this repository, and dvc "
-                         "would read it as that; choose another")  # fmt: skip
+        raise ValueError(
+            f"{what} {name!r} is taken: it is {taken} of this repository, and dvc "
+            "would read it as that; choose another"
+        )
     return name
 
 
@@ -197,10 +199,15 @@ def run_now(repo: Path, launch: Launch) -> WorkspaceRun:
         log = folder / f"run-{launch.name or 'workspace'}.log"
         with log.open("w") as output:
             process = subprocess.Popen(
-                [dvc_executable(), "exp", "run", *launch.args()], cwd=repo, stdout=output,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                env=dvc_env(), pass_fds=(lock.fd(),),
-            )  # fmt: skip
+                [dvc_executable(), "exp", "run", *launch.args()],
+                cwd=repo,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=dvc_env(),
+                pass_fds=(lock.fd(),),
+            )
     except OSError as error:
         lock.release()
         raise DvcError(f"cannot run `dvc exp run` for {name}: {error}") from error
@@ -387,8 +394,9 @@ def experiment_ref(baseline: str, name: str) -> str:
 
 def experiment_refs(repo: Path) -> dict[str, str]:
     """{git ref: commit} of every experiment (refs/exps/<baseline>/<name>)."""
-    return {ref: sha for ref, sha in git_refs(repo, "refs/exps").items()
-            if EXPERIMENT_REF.match(ref)}  # fmt: skip
+    return {
+        ref: sha for ref, sha in git_refs(repo, "refs/exps").items() if EXPERIMENT_REF.match(ref)
+    }
 
 
 @dataclass(frozen=True)
@@ -413,12 +421,15 @@ def target(repo: Path, row: Mapping[str, Any]) -> Target:
         commit = git(repo, "rev-parse", "--verify", "--quiet", ref).strip()
         if commit:
             if commit != rev:
-                raise DvcError(f"{name} changed since the table was read: its ref now points "
-                               f"to {commit[:7]}, not {rev[:7]}; look again")  # fmt: skip
+                raise DvcError(
+                    f"{name} changed since the table was read: its ref now points "
+                    f"to {commit[:7]}, not {rev[:7]}; look again"
+                )
             return Target(name, ref, commit)
         if state != S.FAILED:  # a failed queue task has no ref: dvc knows it by its id
-            raise DvcError(f"{name} is gone: no experiment ref {ref} (removed, maybe from "
-                           "another tab)")  # fmt: skip
+            raise DvcError(
+                f"{name} is gone: no experiment ref {ref} (removed, maybe from another tab)"
+            )
     if not TASK_ID.match(rev):
         raise DvcError(f"{name} has no experiment ref nor queue task id to act on")
     return Target(name, rev)
@@ -436,11 +447,15 @@ def verify(repo: Path, targets: Iterable[Target]) -> None:
         if not now:
             problems.append(f"{item.name} was removed")
         elif now != item.commit:
-            problems.append(f"{item.name} was replaced by another experiment of that name "
-                            f"({now[:7]}, was {item.commit[:7]})")  # fmt: skip
+            problems.append(
+                f"{item.name} was replaced by another experiment of that name "
+                f"({now[:7]}, was {item.commit[:7]})"
+            )
     if problems:
-        raise DvcError(f"nothing done: {'; '.join(problems)} since it was picked, maybe from "
-                       "another tab; look at the table again")  # fmt: skip
+        raise DvcError(
+            f"nothing done: {'; '.join(problems)} since it was picked, maybe from "
+            "another tab; look at the table again"
+        )
 
 
 def _revs(targets: Iterable[Target]) -> list[str]:

@@ -443,6 +443,17 @@ class Dashboard:
         ones) and draw them, now."""
         self.state.plots = self._read_plots(views.comparable_picks(self.state))
         self.render_comparison()
+        self.render_thumbs()
+
+    def render_thumbs(self) -> None:
+        """A picture in the table for each row whose images have been read."""
+        thumbs = {}
+        for rev, file in views.row_thumbnails(self.store.read_images()).items():
+            with contextlib.suppress(DvcError):  # a file outside the repository: none
+                thumbs[rev] = str(self.store.inside(file))
+        if thumbs != self.state.thumbs:
+            self.state.thumbs = thumbs
+            self.render_table()
 
     def _compare_in_background(self) -> None:
         """After a pick: read the plots without holding the page, then draw them, unless the
@@ -457,6 +468,7 @@ class Dashboard:
                 self.state.plots = data
                 self.render_comparison()
                 self.render_overview(parallel=False)
+                self.render_thumbs()
         except Exception as error:
             text = error_text(error, "comparing the picked experiments")
             self.show_error(f"Cannot compare the picked experiments: {text}")
@@ -503,6 +515,7 @@ class Dashboard:
         ]
         newest = done.sort_values("created", ascending=False)["id"].head(PREFETCH).tolist()
         self.store.plots(newest)
+        self.render_thumbs()
 
     def close(self) -> None:
         self._stop.set()

@@ -247,22 +247,42 @@ STRING_TESTS = {  # the string methods a filter may call, as `column.str.<name>(
     "endswith": str.endswith,
 }
 _COMPARE = {
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-    ast.Gt: operator.gt, ast.GtE: operator.ge,
-}  # fmt: skip
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+}
 _ARITHMETIC = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-    ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
     ast.Pow: operator.pow,
-}  # fmt: skip
+}
 _NOT_ALLOWED = {  # how the error names what it refused
-    ast.Call: "calls", ast.Attribute: "attributes", ast.Subscript: "subscripts ([...])",
-    ast.Lambda: "lambdas", ast.ListComp: "comprehensions", ast.SetComp: "comprehensions",
-    ast.DictComp: "comprehensions", ast.GeneratorExp: "comprehensions",
-    ast.NamedExpr: "assignments (:=)", ast.JoinedStr: "f-strings", ast.IfExp: "if/else",
-    ast.Dict: "dictionaries", ast.Set: "sets", ast.Starred: "*", ast.Await: "await",
-    ast.Yield: "yield", ast.YieldFrom: "yield", ast.Slice: "slices",
-}  # fmt: skip
+    ast.Call: "calls",
+    ast.Attribute: "attributes",
+    ast.Subscript: "subscripts ([...])",
+    ast.Lambda: "lambdas",
+    ast.ListComp: "comprehensions",
+    ast.SetComp: "comprehensions",
+    ast.DictComp: "comprehensions",
+    ast.GeneratorExp: "comprehensions",
+    ast.NamedExpr: "assignments (:=)",
+    ast.JoinedStr: "f-strings",
+    ast.IfExp: "if/else",
+    ast.Dict: "dictionaries",
+    ast.Set: "sets",
+    ast.Starred: "*",
+    ast.Await: "await",
+    ast.Yield: "yield",
+    ast.YieldFrom: "yield",
+    ast.Slice: "slices",
+}
 _SCALARS = (bool, int, float, str, type(None))
 
 
@@ -675,8 +695,15 @@ def generated_images(images: Mapping[tuple[str, str], str]) -> pd.DataFrame:
         match = GENERATED.search(path)
         if match:
             prompt = match["prompt"].replace("-", " ")
-            rows.append({"rev": rev, "kind": match["kind"], "prompt": prompt,
-                         "seed": int(match["seed"]), "file": file})  # fmt: skip
+            rows.append(
+                {
+                    "rev": rev,
+                    "kind": match["kind"],
+                    "prompt": prompt,
+                    "seed": int(match["seed"]),
+                    "file": file,
+                }
+            )
     columns = ["rev", "kind", "prompt", "seed", "file"]
     return pd.DataFrame(rows, columns=columns).sort_values(["prompt", "seed", "rev", "kind"])
 

@@ -34,6 +34,7 @@ class DashboardState:
     only_differing: bool = True
     all_commits: bool = False
     plots: Plots = field(default_factory=Plots)  # of the picked
+    thumbs: dict[str, str] = field(default_factory=dict)  # id -> a LoRA image read (checked)
     gallery_mode: str = "both"  # both, lora, base
     curve: str | None = None  # the curve file shown
     smoothing: float = 0.8

@@ -195,6 +195,14 @@ def _has_value(value: Any) -> bool:
     return format_cell(value) != ""
 
 
+def row_thumbnails(images: pd.DataFrame) -> dict[str, str]:
+    """{id: its first LoRA image} (first prompt, first seed) of the rows whose images are read:
+    a small picture in the table tells the runs apart."""
+    lora = images[images["kind"] == "lora"].sort_values(["rev", "prompt", "seed"])
+    first = lora.drop_duplicates("rev")
+    return dict(zip(first["rev"], first["file"], strict=True))
+
+
 @dataclass
 class TableModel:
     """What the table widget draws (dashboard.widgets.ExperimentTable's traits)."""
@@ -209,11 +217,20 @@ class TableModel:
     empty_text: str
     filter_error: str = ""
     columns: list[str] = field(default_factory=list)
+    thumbs: dict[int, str] = field(default_factory=dict)  # row position -> its image file
 
 
-def cell_text(row: pd.Series, column: str, with_interval: bool) -> str:
-    text = format_cell(row[column])
-    return text + interval(row, column) if with_interval and text else text
+def column_texts(frame: pd.DataFrame, column: str) -> list[str]:
+    """A column's cells as the table shows them; a metric with an interval (`<metric>_low`,
+    `<metric>_high`) as `value [low, high]`."""
+    texts = [format_cell(v) for v in frame[column]]
+    ends = [f"{column}{end}" for end in INTERVAL_ENDS]
+    if all(end in frame for end in ends):
+        low, high = (pd.to_numeric(frame[end], errors="coerce") for end in ends)
+        for i, (text, a, b) in enumerate(zip(texts, low, high, strict=True)):
+            if text and pd.notna(a) and pd.notna(b):
+                texts[i] = f"{text} [{format_cell(a)}, {format_cell(b)}]"
+    return texts
 
 
 def table_model(state: DashboardState) -> TableModel:
@@ -252,14 +269,8 @@ def table_model(state: DashboardState) -> TableModel:
     for metric, revs in best_rows(finished, [c for c in columns if c in metrics]).items():
         for rev in revs:
             marks[f"{ids[rev]},{position[metric]}"] = "best"
-    with_interval = {c: any(f"{c}{end}" in frame for end in INTERVAL_ENDS) for c in columns}
-    if any(with_interval.values()):
-        cells = [
-            [cell_text(row, c, with_interval[c]) for c in columns] for _, row in frame.iterrows()
-        ]
-    else:
-        values = frame[columns].itertuples(index=False)
-        cells = [[format_cell(v) for v in row] for row in values]
+    texts = [column_texts(frame, c) for c in columns]
+    cells = [list(row) for row in zip(*texts, strict=True)] if columns else [[] for _ in ids]
     info = [
         {
             "id": r.id,
@@ -283,6 +294,7 @@ def table_model(state: DashboardState) -> TableModel:
         empty_text="No experiment matches the filter." if len(frame) else EMPTY_TABLE,
         filter_error=filter_error,
         columns=columns,
+        thumbs={ids[rev]: file for rev, file in state.thumbs.items() if rev in ids},
     )
 
 

@@ -153,6 +153,8 @@ def test_picking_two_compares_curves_images_and_confusion(app: Dashboard):
         app.panels.gallery.gallery.rows[0]["cells"][2]["src"],
     )
     assert left != right  # rank changes the LoRA's Pokémon
+    info = {i["name"]: i for i in app.panels.table.table.row_info}  # a picture in the table
+    assert info["rank-8"]["thumb"].startswith("data:image/png;base64,")
     app.panels.gallery.mode.value = "lora"
     assert [c["label"] for c in app.panels.gallery.gallery.columns] == [
         "rank-8 · LoRA",

@@ -156,6 +156,7 @@ def test_the_first_view_shows_key_metrics_and_the_workspace_pokemon(browser, tmp
         expect(thumbs.first).to_be_in_viewport()
         table, image = page.locator(".xt").bounding_box(), thumbs.first.bounding_box()
         assert image["x"] >= table["x"] + table["width"] - 1  # beside the table, not below
+        expect(workspace.locator("img.xt-thumb")).to_have_count(1)  # its picture in the table
         assert page.locator(".launch-form").is_hidden()  # the form waits in its own tab
         page.close()
 

@@ -127,7 +127,7 @@ def test_experiments_stay_listed_when_head_moves_while_they_run(app: Dashboard):
     # a fresh page shows HEAD's experiments only (none yet); "all branches and commits" has them
     fresh = Dashboard(repo, watch=False)
     assert states(fresh) == {}
-    fresh.all_commits.value = True
+    fresh.panels.table.all_commits.value = True
     assert states(fresh) == {"r2": "success", "r8": "success"}
 
 
@@ -340,7 +340,7 @@ def test_push_to_and_pull_from_a_git_and_a_dvc_remote(tmp_path: Path):
     said = html.unescape(teammate.panels.header.status.value)
     assert "Pulled shared from origin." in said, said
     assert states(teammate) == {"shared": "success"}
-    row = teammate.frame.set_index("name").loc["shared"]
+    row = teammate.state.frame.set_index("name").loc["shared"]
     assert row["train_lora.rank"] == 8
     assert (
         row["type_fidelity_lora"]

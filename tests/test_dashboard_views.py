@@ -242,3 +242,34 @@ def test_views_import_no_widgets():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_panels_never_reach_into_each_other():
+    """A panel imports its view model and widgets, never another panel nor the controller."""
+    import ast
+
+    folder = Path(views.__file__).parent / "panels"
+    for file in sorted(folder.glob("*.py")):
+        tree = ast.parse(file.read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        others = {m for m in imported if m and m.startswith("dashboard.panels.")}
+        assert not others and "dashboard.app" not in imported, (file.name, imported)
+
+
+def test_rows_whose_images_are_read_get_a_thumbnail():
+    state = gallery_state(["rank-8"])
+    files = views.row_thumbnails(state.plots.images)
+    frame = state.frame
+    assert set(files) == {ids(frame)["rank-8"], ids(frame)["lr-high"]}
+    assert files[ids(frame)["rank-8"]].endswith(
+        "rank-8_outputs_generated_lora_a-fire-type-pokemon_seed-0.png"
+    )
+    state.thumbs = files
+    model = views.table_model(state)
+    shown = {model.row_info[i]["name"] for i in model.thumbs}
+    assert shown == {"rank-8", "lr-high"}

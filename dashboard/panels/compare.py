@@ -5,7 +5,6 @@ controller hands it."""
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,7 +17,7 @@ import plotly.graph_objects as go
 from dashboard import plots
 from dashboard.panels import Panel, set_options
 from dashboard.views import GalleryModel
-from dashboard.widgets import Gallery, image_uri
+from dashboard.widgets import Gallery, thumbnail
 
 CONFIG = {"displaylogo": False, "responsive": True}
 THUMB = 256  # pixels: the longest side of a gallery image as sent to the page
@@ -53,17 +52,6 @@ class PlotBox(w.Output):
         self.figure = figure
 
 
-@functools.lru_cache(maxsize=2048)
-def _thumbnail(file: str, stamp: tuple[int, int], side: int) -> str:
-    return image_uri(file, side)
-
-
-def thumbnail(file: str | Path, side: int = THUMB) -> str:
-    """An image file as a small data: URI, made once per file version."""
-    stat = Path(file).stat()
-    return _thumbnail(str(file), (stat.st_mtime_ns, stat.st_size), side)
-
-
 class GalleryPanel(Panel):
     """Base and LoRA images of the picked experiments, a column each, a row per prompt and
     seed; a click on an image shows it enlarged."""
@@ -87,7 +75,7 @@ class GalleryPanel(Panel):
                     cells.append(cell)
                     continue
                 try:
-                    src = thumbnail(cell["file"])
+                    src = thumbnail(cell["file"], THUMB)
                 except OSError as error:
                     cells.append({"missing": f"cannot read the image: {error}"})
                     continue

@@ -10,7 +10,9 @@ import ipywidgets as w
 
 from dashboard.panels import Panel, button
 from dashboard.views import TableModel, filter_message
-from dashboard.widgets import ExperimentTable
+from dashboard.widgets import ExperimentTable, thumbnail
+
+THUMB = 48  # pixels: a row's picture, drawn at 24
 
 
 class TableCommands(Protocol):
@@ -99,7 +101,7 @@ class TablePanel(Panel):
             if list(self.column_picker.value) != chosen:
                 self.column_picker.value = tuple(chosen)
             self.table.header, self.table.cells = model.header, model.cells
-            self.table.row_info, self.table.order = model.row_info, model.order
+            self.table.row_info, self.table.order = with_thumbs(model), model.order
             self.table.marks, self.table.picked = model.marks, model.picked
             self.table.colors, self.table.empty_text = model.colors, model.empty_text
             self.filter_message.value = filter_message(model.filter_error)
@@ -111,3 +113,17 @@ class TablePanel(Panel):
 
     def download(self, name: str, text: str, mime: str) -> None:
         self.table.download(name, text, mime)
+
+
+def with_thumbs(model: TableModel) -> list[dict]:
+    """The rows' info with a small picture of each row whose LoRA images are read."""
+    rows = model.row_info
+    if not model.thumbs:
+        return rows
+    rows = [dict(info) for info in rows]
+    for index, file in model.thumbs.items():
+        try:
+            rows[index]["thumb"] = thumbnail(file, THUMB)
+        except OSError:
+            continue
+    return rows
