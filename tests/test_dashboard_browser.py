@@ -51,7 +51,7 @@ def row(page: Page, name: str):
 
 def tab(page: Page, name: str) -> None:
     """Show one tab of the page (Experiments, Run experiments; Pokémon, Training curves, ...)."""
-    page.get_by_role("tab", name=name).click()
+    page.get_by_role("tab", name=name, exact=True).click()
 
 
 def gallery_labels(page: Page) -> list[str]:
