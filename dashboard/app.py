@@ -223,7 +223,10 @@ class Dashboard:
             with self._busy:
                 action()
         except Exception as error:
-            if isinstance(error, (DvcError, ValueError)):  # expected: error_text logs the rest
+            # the same read error again (the watcher retries every second) is not logged
+            # again: a kernel that writes to its log is never idle, so never shut down
+            again = banner and str(error) in self.state.error
+            if isinstance(error, (DvcError, ValueError)) and not again:  # error_text logs the rest
                 log.warning("%s failed: %s", name, error, exc_info=error)
             text = error_text(error, name)
             if banner:

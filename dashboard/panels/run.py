@@ -25,16 +25,30 @@ class RunCommands(Protocol):
 
 
 class LaunchPanel(Panel):
+    """The launch form, built once the repository has been read (a page over a folder that is
+    no DVC repository, or one that cannot be read, never pays for its hundred fields)."""
+
     def __init__(self, commands: RunCommands, repo):
         super().__init__()
-        self.form = LaunchForm(
-            repo, on_queue=commands.queue, on_run=commands.run_now, perform=commands.perform
-        )
-        self.widget = w.VBox([heading("Launch"), self.form.widget])
+        self._commands, self._repo = commands, repo
+        self.form: LaunchForm | None = None
+        self.box = w.VBox([w.HTML("<i>The form appears once the experiments are read.</i>")])
+        self.widget = w.VBox([heading("Launch"), self.box])
 
     def reload(self) -> None:
-        """params.yaml changed: the form shows it (fields the person edited stay)."""
-        self.form.load()
+        """params.yaml changed (or was read for the first time): the form shows it (fields
+        the person edited stay)."""
+        if self.form is None:
+            commands = self._commands
+            self.form = LaunchForm(
+                self._repo,
+                on_queue=commands.queue,
+                on_run=commands.run_now,
+                perform=commands.perform,
+            )
+            self.box.children = [self.form.widget]
+        else:
+            self.form.load()
 
 
 class QueuePanel(Panel):
