@@ -208,7 +208,9 @@ def test_launch_a_grid_watch_it_run_and_apply_one(browser, tmp_path: Path):
                 expect(legend.first).to_be_attached(timeout=WAIT)
             tab(page, "Experiments")
             page.locator("button", has_text="Clear picks").click()
+            expect(page.locator(".xt-row.xt-picked")).to_have_count(0)  # then pick one
             row(page, "grid-2").click()
+            expect(page.locator(".xt-row.xt-picked")).to_have_count(1)
             page.locator("button", has_text="Apply").click()
             expect(page.locator(".confirm-text")).to_contain_text("train_lora.rank: 4 → 16")
             page.locator(".confirm-yes").click()
