@@ -1,6 +1,14 @@
 """The experiment dashboard. `from dashboard import Dashboard; Dashboard(".")` in JupyterLab;
-`make dashboard` serves the same app with Voila. The data layer (dashboard.data, dashboard.store)
-imports no widgets, and nothing here imports torch or diffusers."""
+`make dashboard` serves the same app with Voila. Nothing here imports torch or diffusers.
+
+    I/O, no widgets    dvc_cli, store (reads dvc), data (frames, the filter), actions,
+                       workspace, locks (writes through dvc and git), serve (the server)
+    state, no widgets  state (DashboardState, ExperimentState), views (view models),
+                       questions (the text of the confirm questions)
+    controller         app.Dashboard: owns the state, the store, the watcher and the plot
+                       reader; every command goes through Dashboard.perform
+    widgets            panels/ (header, table, compare, run, actions), widgets (the anywidget
+                       table and gallery), plots (plotly figures), form (the launch form)"""
 
 
 def __getattr__(name: str):

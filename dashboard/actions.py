@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dashboard import workspace
+from dashboard.data import ExperimentState as S
 from dashboard.dvc_cli import DvcError, dvc_env, dvc_executable, git, git_refs, run_dvc
 from dashboard.locks import WorkspaceLock
 
@@ -29,7 +30,7 @@ LOGS = Path(".dvc") / "tmp" / "dashboard"
 EXPERIMENT_REF = re.compile(r"^refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/[^/]+$")
 TASK_ID = re.compile(r"^[0-9a-f]{40}$")  # a queue task (its stash commit)
 # States of a queue task that has no experiment ref yet: dvc knows it by its id.
-QUEUE_STATES = {"queued", "running", "lost"}
+QUEUE_STATES = {S.QUEUED, S.RUNNING, S.LOST}
 
 
 def yaml_value(value: Any) -> str:
@@ -74,8 +75,10 @@ def check_new_name(repo: Path, name: str, what: str = "experiment name") -> str:
     check_name(name, what)
     taken = git_name(repo, name)
     if taken:
-        raise ValueError(f"{what} {name!r} is taken: it is {taken} of this repository, and dvc "
-                         "would read it as that; choose another")  # fmt: skip
+        raise ValueError(
+            f"{what} {name!r} is taken: it is {taken} of this repository, and dvc "
+            "would read it as that; choose another"
+        )
     return name
 
 
@@ -196,10 +199,15 @@ def run_now(repo: Path, launch: Launch) -> WorkspaceRun:
         log = folder / f"run-{launch.name or 'workspace'}.log"
         with log.open("w") as output:
             process = subprocess.Popen(
-                [dvc_executable(), "exp", "run", *launch.args()], cwd=repo, stdout=output,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                env=dvc_env(), pass_fds=(lock.fd(),),
-            )  # fmt: skip
+                [dvc_executable(), "exp", "run", *launch.args()],
+                cwd=repo,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=dvc_env(),
+                pass_fds=(lock.fd(),),
+            )
     except OSError as error:
         lock.release()
         raise DvcError(f"cannot run `dvc exp run` for {name}: {error}") from error
@@ -386,8 +394,9 @@ def experiment_ref(baseline: str, name: str) -> str:
 
 def experiment_refs(repo: Path) -> dict[str, str]:
     """{git ref: commit} of every experiment (refs/exps/<baseline>/<name>)."""
-    return {ref: sha for ref, sha in git_refs(repo, "refs/exps").items()
-            if EXPERIMENT_REF.match(ref)}  # fmt: skip
+    return {
+        ref: sha for ref, sha in git_refs(repo, "refs/exps").items() if EXPERIMENT_REF.match(ref)
+    }
 
 
 @dataclass(frozen=True)
@@ -412,12 +421,15 @@ def target(repo: Path, row: Mapping[str, Any]) -> Target:
         commit = git(repo, "rev-parse", "--verify", "--quiet", ref).strip()
         if commit:
             if commit != rev:
-                raise DvcError(f"{name} changed since the table was read: its ref now points "
-                               f"to {commit[:7]}, not {rev[:7]}; look again")  # fmt: skip
+                raise DvcError(
+                    f"{name} changed since the table was read: its ref now points "
+                    f"to {commit[:7]}, not {rev[:7]}; look again"
+                )
             return Target(name, ref, commit)
-        if state != "failed":  # a failed queue task has no ref: dvc knows it by its id
-            raise DvcError(f"{name} is gone: no experiment ref {ref} (removed, maybe from "
-                           "another tab)")  # fmt: skip
+        if state != S.FAILED:  # a failed queue task has no ref: dvc knows it by its id
+            raise DvcError(
+                f"{name} is gone: no experiment ref {ref} (removed, maybe from another tab)"
+            )
     if not TASK_ID.match(rev):
         raise DvcError(f"{name} has no experiment ref nor queue task id to act on")
     return Target(name, rev)
@@ -435,11 +447,15 @@ def verify(repo: Path, targets: Iterable[Target]) -> None:
         if not now:
             problems.append(f"{item.name} was removed")
         elif now != item.commit:
-            problems.append(f"{item.name} was replaced by another experiment of that name "
-                            f"({now[:7]}, was {item.commit[:7]})")  # fmt: skip
+            problems.append(
+                f"{item.name} was replaced by another experiment of that name "
+                f"({now[:7]}, was {item.commit[:7]})"
+            )
     if problems:
-        raise DvcError(f"nothing done: {'; '.join(problems)} since it was picked, maybe from "
-                       "another tab; look at the table again")  # fmt: skip
+        raise DvcError(
+            f"nothing done: {'; '.join(problems)} since it was picked, maybe from "
+            "another tab; look at the table again"
+        )
 
 
 def _revs(targets: Iterable[Target]) -> list[str]:

@@ -1,57 +1,60 @@
-"""The experiment dashboard: a table of every experiment, the curves, plots and generated
-Pokémon of the ones picked, refreshed on its own when experiments change. Served by Voila
+"""The experiment dashboard: a table of every experiment with its key metrics, and beside it the
+Pokémon, curves, plots and classifier of the ones picked; launching and the queue in a tab of
+their own. Refreshed on its own when experiments change. Served by Voila
 (dashboard/dashboard.ipynb, `make dashboard`) and shown as is in a JupyterLab cell:
 
     from dashboard import Dashboard
     Dashboard(".")
 
-State lives here; the widgets draw it. Every callback is a small method that changes state and
-redraws; every error becomes a message in the page."""
+`Dashboard` is the controller (the Elm architecture's update): it owns the one state
+(dashboard.state.DashboardState), the store, the watcher and the background reader of plots.
+Every command of a panel comes here and runs through `perform`: it takes the lock, says any
+error in the page (and logs it), and the command redraws what it changed from the view models
+(dashboard.views) into the panels (dashboard.panels)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import hashlib
-import html
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as w
 import pandas as pd
 
-from dashboard import plots
-from dashboard.data import (
-    FIXED_COLUMNS,
-    FilterError,
-    best_rows,
-    carry_picks,
-    changed_params,
-    differing_columns,
-    filter_experiments,
-    format_cell,
-    sort_frame,
-    to_csv,
-    to_markdown,
-)
-from dashboard.dvc_cli import DvcError, error_text
-from dashboard.manage import ManagePanel
-from dashboard.store import QUEUE_REF, WORKSPACE, ExperimentStore, Plots
-from dashboard.widgets import ExperimentTable, Gallery, image_uri
+from dashboard import actions, questions, views, workspace
+from dashboard.data import FilterError, carry_picks, changed_params, to_csv, to_markdown
+from dashboard.dvc_cli import DvcError, error_text, interrupt
+from dashboard.panels.actions import ActionsPanel
+from dashboard.panels.compare import ClassifierPanel, CurvesPanel, GalleryPanel, OverviewPanel
+from dashboard.panels.header import HeaderPanel
+from dashboard.panels.run import LaunchPanel, QueuePanel
+from dashboard.panels.table import TablePanel
+from dashboard.state import ACTIVE, DashboardState
+from dashboard.state import ExperimentState as S
+from dashboard.store import QUEUE_REF, ExperimentStore, Plots
 
 log = logging.getLogger("dashboard")
-SHOWN_FIXED = ["name", "state", "created"]  # id, parent, error and pid are not shown
-KEY_METRICS = ["type_fidelity_lora", "lift", "f1"]
-PREFERRED_CURVE = "train_lora/plots/metrics/loss"
-PREFERRED_X = ["train_lora.rank", "train_lora.learning_rate"]
-UNFINISHED = ["queued", "running", "failed", "lost"]
-NOT_PICKABLE = {"queued"}  # nothing to compare yet; a running one shows its curves so far
 PREFETCH = 10  # newest experiments whose plots are read ahead
-MAX_AUTO_PICKS = 8  # experiments launched here are picked as they finish, up to this many picks
+VIEW_SETTINGS = {
+    "filter",
+    "sort",
+    "columns",
+    "only_differing",
+    "gallery_mode",
+    "curve",
+    "smoothing",
+    "x",
+    "y",
+}
+COMPARE_TABS = ["Pokémon", "Training curves", "Metric against param", "Classifier"]
 
 
 def find_repository(start: str | Path | None = None) -> Path:
@@ -62,26 +65,11 @@ def find_repository(start: str | Path | None = None) -> Path:
     return next((p for p in [here, *here.parents] if (p / ".dvc").is_dir()), here)
 
 
-def shown_errors(method):
-    """Run a callback; any error becomes the banner's message instead of a traceback."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        try:
-            with self._busy:
-                return method(self, *args, **kwargs)
-        except Exception as error:
-            self.show_error(error_text(error, method.__name__))
-        return None
-
-    return wrapper
-
-
 class Coalescer:
     """Runs `function` whenever requested: on its own thread when `background` (requests that
     arrive while it runs merge into one more run), else at once."""
 
-    def __init__(self, function, background: bool):
+    def __init__(self, function: Callable[[], None], background: bool):
         self.function, self.background = function, background
         self._wanted = threading.Event()
         if background:
@@ -100,19 +88,7 @@ class Coalescer:
             self.function()
 
 
-def short_name(param: str, params: list[str]) -> str:
-    """train_lora.rank -> rank, unless another param ends in the same key."""
-    key = param.rsplit(".", 1)[-1]
-    return key if sum(p.rsplit(".", 1)[-1] == key for p in params) == 1 else param
-
-
-def active_baselines(frame: pd.DataFrame) -> set[str]:
-    """The baseline commits of queued and running experiments."""
-    active = frame[frame["state"].isin(["queued", "running"]) & frame["parent"].notna()]
-    return set(active["parent"])
-
-
-def _digest(file: str | Path | None, store: ExperimentStore) -> str | None:
+def digest(file: str | Path | None, store: ExperimentStore) -> str | None:
     """A hash of an image file's bytes, read only once `store.inside` has passed it (None for
     no file, a file outside the repository, or one that cannot be read)."""
     if file is None:
@@ -133,414 +109,378 @@ def _file_digest(file: str) -> str | None:
         return None
 
 
-def interval(row: pd.Series, metric: str) -> str:
-    """` [low, high]`: the metric's 95 % interval where evaluate wrote one (`<metric>_low`,
-    `<metric>_high`), so that a person sees whether two figures differ by more than noise."""
-    low, high = (
-        pd.to_numeric(row.get(f"{metric}_{end}"), errors="coerce") for end in ("low", "high")
-    )
-    if pd.isna(low) or pd.isna(high):
-        return ""
-    return f" [{format_cell(low)}, {format_cell(high)}]"
+@dataclass
+class Panels:
+    header: HeaderPanel
+    table: TablePanel
+    actions: ActionsPanel
+    gallery: GalleryPanel
+    curves: CurvesPanel
+    overview: OverviewPanel
+    classifier: ClassifierPanel
+    launch: LaunchPanel
+    queue: QueuePanel
+
+    def plot_boxes(self) -> list:
+        return [
+            self.curves.plot,
+            self.overview.scatter,
+            self.overview.parallel,
+            self.classifier.confusion,
+        ]
 
 
 class Dashboard:
     """The app over the DVC repository at `repo` (default: found from here upwards)."""
 
-    def __init__(self, repo: str | Path | None = None, watch: bool = True,
-                 poll_seconds: float = 1.0, timeout: float = 60.0):  # fmt: skip
+    def __init__(
+        self,
+        repo: str | Path | None = None,
+        watch: bool = True,
+        poll_seconds: float = 1.0,
+        timeout: float = 60.0,
+    ):
         self.store = ExperimentStore(find_repository(repo), timeout=timeout)
-        self.frame = pd.DataFrame(columns=FIXED_COLUMNS)
-        self.changed: dict[str, dict[str, Any]] = {}
-        self.picked: list[str] = []
-        self.plots = Plots()
+        self.repo: Path = self.store.path
+        self.state = DashboardState()
         self.signature = ""
         # Commits whose experiments stay listed after HEAD moves on: those that had queued or
         # running experiments (they belong to the commit they were queued on).
         self.kept_baselines: set[str] = set()
-        self.read_seconds = 0.0
+        self.running: dict[str, actions.WorkspaceRun] = {}  # workspace runs started here
+        self.work: threading.Thread | None = None  # the apply or undo going on, if any
+        self._process: Any = None  # its dvc process, for Cancel
+        self._confirmed: Callable[[], None] | None = None  # what Confirm does
+        self._stamps: dict[str, object] = {}  # file -> (mtime, size) at the last look
         self._busy = threading.RLock()
-        self._quiet = 0
         self._stop = threading.Event()
-        self._compare = not watch  # when watching, the watcher draws the comparison first
-        self._hold_plots = watch  # in a page, plots wait until the table is drawn
-        self._comparer = Coalescer(self.compare_picked, background=watch)
-        self.manage: ManagePanel | None = None
-        self._build()
+        # In a page the watcher compares first, once the table is drawn; in a script at once.
+        self._comparing = not watch
+        self._plot_reader = Coalescer(self._compare_in_background, background=watch)
+        self.panels = self._build(held=watch)
+        self.widget = self._layout()
         self.refresh()
+        self.render_actions()
         if watch:
             self.watch(poll_seconds)
 
-    # ----- widgets -------------------------------------------------------------------------
-    def _build(self) -> None:
-        self.title = w.HTML(
-            f"<h2 style='margin:4px 0'>Pokémon LoRA experiments</h2>"
-            f"<code>{html.escape(str(self.store.path))}</code>"
+    # ----- panels and layout ---------------------------------------------------------------
+    def _build(self, held: bool) -> Panels:
+        return Panels(
+            header=HeaderPanel(self.repo, lambda: self.refresh(force=True)),
+            table=TablePanel(self),
+            actions=ActionsPanel(self),
+            gallery=GalleryPanel(lambda mode: self.set_view(gallery_mode=mode)),
+            curves=CurvesPanel(self.set_view, held),
+            overview=OverviewPanel(self.set_view, held),
+            classifier=ClassifierPanel(held),
+            launch=LaunchPanel(self, self.repo),
+            queue=QueuePanel(self),
         )
-        self.status = w.HTML(layout=w.Layout(margin="0 0 0 auto"))
-        self.refresh_button = w.Button(description="Refresh", icon="refresh",
-                                       tooltip="read the experiments again")  # fmt: skip
-        self.refresh_button.on_click(lambda _: self.refresh(force=True))
-        self.banner = w.HTML(layout=w.Layout(display="none"))
-        self.filter = w.Text(
-            placeholder="filter, e.g.  train_lora.rank >= 8 and type_fidelity_lora > 0.5",
-            description="Filter", continuous_update=False, layout=w.Layout(width="46%"),
-        )  # fmt: skip
-        self._on(self.filter, self.apply_view)
-        self.filter_message = w.HTML()
-        self.all_commits = w.Checkbox(description="all branches and commits", indent=False,
-                                      layout=w.Layout(width="auto"))  # fmt: skip
-        self._on(self.all_commits, lambda: self.refresh(force=True))
-        self.only_differing = w.Checkbox(value=True, description="only columns that differ",
-                                         indent=False, layout=w.Layout(width="auto"))  # fmt: skip
-        self._on(self.only_differing, self.apply_view)
-        self.column_picker = w.SelectMultiple(rows=14, layout=w.Layout(width="100%"))
-        self._on(self.column_picker, self.apply_view)
-        self.columns_box = w.Accordion(children=[self.column_picker], selected_index=None)
-        self.columns_box.set_title(0, "Columns (ctrl/shift-click to choose several)")
-        self.csv_button = w.Button(description="CSV", icon="download",
-                                   tooltip="export the table as shown to CSV")  # fmt: skip
-        self.csv_button.on_click(lambda _: self.export("csv"))
-        self.md_button = w.Button(description="Markdown", icon="download",
-                                  tooltip="export the table as shown to Markdown")  # fmt: skip
-        self.md_button.on_click(lambda _: self.export("markdown"))
-        self.clear_button = w.Button(description="Clear picks", icon="times",
-                                     tooltip="compare nothing; pick rows again")  # fmt: skip
-        self.clear_button.on_click(lambda _: self.pick([]))
-        for button in (self.refresh_button, self.csv_button, self.md_button, self.clear_button):
-            button.layout.width = "auto"
-        self.table = ExperimentTable()
-        self.table.on_msg(self._on_table_message)
-        self._on(self.table, self.apply_view, "sort")
-        self._on(self.table, lambda: self.pick(list(self.table.picked)), "picked")
-        self.count = w.HTML()
 
-        self.curve_choice = w.Dropdown(description="Curve", layout=w.Layout(width="420px"))
-        self._on(self.curve_choice, self.draw_curves)
-        self.smoothing = w.FloatSlider(
-            value=0.8, min=0, max=0.99, step=0.01, description="Smoothing",
-            continuous_update=False,
-        )  # fmt: skip
-        self._on(self.smoothing, self.draw_curves)
-        self.curves = plots.PlotBox(held=self._hold_plots)
-        self.x_choice = w.Dropdown(description="Param", layout=w.Layout(width="320px"))
-        self.y_choice = w.Dropdown(description="Metric", layout=w.Layout(width="320px"))
-        for choice in (self.x_choice, self.y_choice):
-            self._on(choice, self.draw_overview)
-        self.scatter = plots.PlotBox(held=self._hold_plots)
-        self.parallel = plots.PlotBox(held=self._hold_plots)
-        self.confusion = plots.PlotBox(held=self._hold_plots)
-        self.gallery_mode = w.ToggleButtons(options=[("Base and LoRA", "both"), ("LoRA", "lora"),
-                                                     ("Base", "base")], value="both")  # fmt: skip
-        self._on(self.gallery_mode, self.draw_gallery)
-        self.gallery = Gallery()
-        self.manage_box = w.VBox()  # filled once the first read is done (it reads the frame)
-
-        def section(title: str, *children) -> w.VBox:
-            heading = w.HTML(f"<h3 style='margin:14px 0 4px'>{title}</h3>")
-            return w.VBox([heading, *children])
-
-        toolbar = w.HBox(
-            [
-                self.filter,
-                self.all_commits,
-                self.only_differing,
-                self.clear_button,
-                self.csv_button,
-                self.md_button,
-            ],
-            layout=w.Layout(align_items="center"),
+    def _layout(self) -> w.Widget:
+        """The table with the picked experiments' actions, and beside it the comparison in
+        tabs (the Pokémon first); launching and the queue in a tab of their own."""
+        p = self.panels
+        compare = w.Tab(
+            children=[p.gallery.widget, p.curves.widget, p.overview.widget, p.classifier.widget]
         )
-        toolbar.add_class("dashboard-toolbar")
-        self.widget = w.VBox([
-            w.HBox([self.title, self.status, self.refresh_button],
-                   layout=w.Layout(align_items="center")),
-            self.banner,
-            section("Experiments", toolbar, self.filter_message, self.columns_box, self.count,
-                    self.table),
-            section("Run experiments", self.manage_box),
-            section("Training curves of the picked experiments",
-                    w.HBox([self.curve_choice, self.smoothing]), self.curves),
-            section("Generated Pokémon of the picked experiments", self.gallery_mode,
-                    self.gallery),
-            section("All experiments: metric against param", w.HBox([self.x_choice,
-                    self.y_choice]), self.scatter, self.parallel),
-            section("Classifier", self.confusion),
-        ], layout=w.Layout(padding="0 8px"))  # fmt: skip
-        self.widget.add_class("pokemon-dashboard")
+        for index, title in enumerate(COMPARE_TABS):
+            compare.set_title(index, title)
+        compare.add_class("compare-tabs")
+        left = w.VBox(
+            [p.table.widget, p.actions.widget],
+            layout=w.Layout(flex="1 1 640px", min_width="0", margin="0 12px 0 0"),
+        )
+        right = w.VBox([compare], layout=w.Layout(flex="1 1 520px", min_width="0"))
+        experiments = w.HBox([left, right], layout=w.Layout(flex_flow="row wrap"))
+        experiments.add_class("experiments-view")
+        run = w.VBox([p.launch.widget, p.queue.widget])
+        run.add_class("run-view")
+        tabs = w.Tab(children=[experiments, run])
+        tabs.set_title(0, "Experiments")
+        tabs.set_title(1, "Run experiments")
+        tabs.add_class("main-tabs")
+        self.tabs, self.compare_tabs = tabs, compare
+        widget = w.VBox([p.header.widget, tabs], layout=w.Layout(padding="0 8px"))
+        widget.add_class("pokemon-dashboard")
+        return widget
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
         display(self.widget)
 
-    # ----- messages ------------------------------------------------------------------------
+    # ----- the one command path ------------------------------------------------------------
+    def perform(
+        self, action: Callable[[], None], name: str | None = None, banner: bool = False
+    ) -> bool:
+        """Run a command under the lock; when it fails, say why in the page (in the banner for
+        reading and viewing, else in the status line, replacing any "...ing" message) and log
+        the traceback to the "dashboard" logger. Whether it succeeded."""
+        name = name or getattr(action, "__name__", "an action")
+        try:
+            with self._busy:
+                action()
+        except Exception as error:
+            # the same read error again (the watcher retries every second) is not logged
+            # again: a kernel that writes to its log is never idle, so never shut down
+            again = banner and str(error) in self.state.error
+            if isinstance(error, (DvcError, ValueError)) and not again:  # error_text logs the rest
+                log.warning("%s failed: %s", name, error, exc_info=error)
+            text = error_text(error, name)
+            if banner:
+                self.show_error(text)
+            else:
+                self.say(text, error=True)
+            return False
+        return True
+
+    def say(self, message: str, error: bool = False) -> None:
+        self.state.message, self.state.message_error = message, error
+        self.panels.header.render_message(message, error)
+
     def show_error(self, message: str) -> None:
-        self.banner.value = (
-            "<div class='dashboard-error' style='background:#ffebe9;border:1px solid #ff8182;"
-            "padding:8px 12px;border-radius:6px;color:#82071e'>"
-            f"<b>Problem:</b> {html.escape(message)}</div>"
-        )
-        self.banner.layout.display = None
+        self.state.error = message
+        self.panels.header.render_error(message)
 
-    def clear_error(self) -> None:
-        self.banner.value, self.banner.layout.display = "", "none"
-
-    # ----- data ----------------------------------------------------------------------------
-    @shown_errors
+    # ----- reading -------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> bool:
         """Read the experiments again when something changed (or `force`); True if read."""
+        read: list[bool] = []
+        self.perform(lambda: read.append(self._read(force)), "refresh", banner=True)
+        return bool(read and read[0])
+
+    def _read(self, force: bool) -> bool:
         self.store.check()
         signature = self.store.signature()
         if signature == self.signature and not force:
             return False
         start = time.perf_counter()
-        busy = QUEUE_REF in signature or self.frame["state"].isin(["queued", "running"]).any()
-        self.kept_baselines |= active_baselines(self.frame)
+        frame = self.state.frame
+        busy = QUEUE_REF in signature or frame["state"].isin(ACTIVE).any()
+        self.kept_baselines |= views.active_baselines(frame)
         frame = self.store.experiments(
-            self.all_commits.value, queue_busy=bool(busy), baselines=sorted(self.kept_baselines)
+            self.state.all_commits, queue_busy=bool(busy), baselines=sorted(self.kept_baselines)
         )
-        self.kept_baselines |= active_baselines(frame)
-        self.read_seconds = time.perf_counter() - start
+        self.kept_baselines |= views.active_baselines(frame)
+        self.state.read_seconds = time.perf_counter() - start
         self.signature = signature
         self.set_frame(frame)
-        self.clear_error()
+        self.show_error("")
         return True
 
     def set_frame(self, frame: pd.DataFrame) -> None:
-        first, old = self.frame.empty, self.frame
-        self.frame = frame.reset_index(drop=True)
-        self.changed = changed_params(self.frame)
-        pickable = set(self.frame.loc[~self.frame["state"].isin(NOT_PICKABLE), "id"])
-        self.picked = [rev for rev in carry_picks(old, self.frame, self.picked) if rev in pickable]
-        if first and not self.picked:
-            self.picked = self.default_picks()
-        if self.manage is not None:  # launched here and started: follow them at once
-            room = max(0, MAX_AUTO_PICKS - len(self.picked))
-            started = [rev for rev in self.manage.newly_started(self.frame)
-                       if rev not in self.picked]  # fmt: skip
-            self.picked += started[:room]
-        if self.manage is None:
-            self.manage = ManagePanel(self)
-            self.manage_box.children = [self.manage.widget]
-        else:
-            self.manage.update()
-        self._update_choices()
-        self.apply_view()
-        self.draw_overview()
-        if self._compare:
-            self.draw_comparison()
+        """A new read of the experiments: picks carried over (the defaults on the first read,
+        plus experiments launched here as they start), then everything redrawn."""
+        s = self.state
+        first, old = s.frame.empty, s.frame
+        s.frame = frame.reset_index(drop=True)
+        s.changed = changed_params(s.frame)
+        pickable = views.pickable(s.frame)
+        s.picked = [rev for rev in carry_picks(old, s.frame, s.picked) if rev in pickable]
+        if first and not s.picked:
+            s.picked = views.default_picks(s.frame)
+        started, ended = views.newly_started(s.frame, s.launched)
+        s.launched -= ended
+        s.picked = views.auto_picks(s.picked, started)
+        self._read_failure_logs()
+        self._look_at_files()
+        self.panels.header.render_read(s.read_seconds)
+        self.render_table()
+        self.render_overview()
+        self.render_queue()
+        self.render_actions()
+        if self._comparing:
+            self.compare()
 
-    def default_picks(self) -> list[str]:
-        """The newest finished experiment and its baseline; the workspace when there is none."""
-        done = self.frame[
-            (self.frame["kind"] == "experiment") & (self.frame["state"] == "success")
-        ]
-        if done.empty:
-            return [WORKSPACE] if WORKSPACE in set(self.frame["id"]) else []
-        newest = done.sort_values("created", na_position="first").iloc[-1]
-        return [rev for rev in (newest["parent"], newest["id"]) if isinstance(rev, str)]
+    def _read_failure_logs(self) -> None:
+        """The tails of the logs of failed queued experiments, each read once."""
+        s = self.state
+        summary = views.queue_summary(s.frame)
+        for name in views.failed_names(s.frame, summary.log_names):
+            if name not in s.failure_logs:
+                try:
+                    s.failure_logs[name] = questions.tail(actions.queue_logs(self.repo, name), 20)
+                except DvcError as error:
+                    s.failure_logs[name] = f"(no log: {error})"
 
-    def _update_choices(self) -> None:
-        attrs = self.frame.attrs
-        options = [*SHOWN_FIXED, *attrs.get("params", []), *attrs.get("metrics", []),
-                   *attrs.get("deps", [])]  # fmt: skip
-        chosen = set(self.column_picker.value) or {
-            *SHOWN_FIXED, *attrs.get("params", []), *attrs.get("metrics", [])
-        }  # fmt: skip
-        with self.quiet():
-            self.column_picker.options = options
-            self.column_picker.value = tuple(o for o in options if o in chosen)
-        params = attrs.get("params", [])
-        numeric = [
-            p for p in params if pd.to_numeric(self.frame[p], errors="coerce").notna().any()
-        ]
-        differing = differing_columns(self.frame, numeric) or numeric
-        x = next((p for p in PREFERRED_X if p in differing), differing[0] if differing else None)
-        self._set_options(self.x_choice, differing, x)
-        self._set_options(self.y_choice, attrs.get("metrics", []), self.key_metric())
+    def _look_at_files(self) -> None:
+        """Remotes (.git/config) and the form's params.yaml when they changed; the undo."""
+        if self._changed(".git/config"):
+            self.state.remotes = actions.remotes(self.repo)
+        if self._changed("params.yaml"):
+            self.panels.launch.reload()
+        self.state.can_undo = workspace.has_undo(self.repo)
 
-    def _set_options(
-        self, dropdown: w.Dropdown, options: list[str], preferred: str | None
-    ) -> None:
-        current = dropdown.value
-        with self.quiet():
-            dropdown.options = options
-            dropdown.value = current if current in options else preferred
-
-    @contextlib.contextmanager
-    def quiet(self):
-        """Change widgets without their observers redrawing (the caller redraws once)."""
-        self._quiet += 1
+    def _changed(self, name: str) -> bool:
+        """Whether file `name` of the repository changed since the last look (first look: yes)."""
         try:
-            yield
-        finally:
-            self._quiet -= 1
+            stat = (self.repo / name).stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            stamp = None
+        changed = self._stamps.get(name, False) != stamp
+        self._stamps[name] = stamp
+        return changed
 
-    def _on(self, widget: w.Widget, action, name: str = "value") -> None:
-        """Call `action()` when the widget's `name` changes, unless inside quiet()."""
+    # ----- drawing (view models into panels) -----------------------------------------------
+    def render_table(self) -> None:
+        s = self.state
+        model = views.table_model(s)
+        options = views.column_options(s.frame)
+        chosen_set = set(s.columns) or set(views.default_columns(s.frame))
+        chosen = [c for c in options if c in chosen_set]
+        count = views.count_html(s, len(model.order))
+        self.panels.table.render(model, options, chosen, count)
 
-        @shown_errors
-        def observer(self, _change) -> None:
-            if not self._quiet:
-                action()
+    def render_overview(self, parallel: bool = True) -> None:
+        s = self.state
+        x_options, x, y_options, y = views.axis_choices(s.frame)
+        s.x = s.x if s.x in x_options else x
+        s.y = s.y if s.y in y_options else y
+        axes = (x_options, s.x, y_options, s.y)
+        colors = views.colors(s.picked)
+        self.panels.overview.render(views.overview_rows(s), axes, colors, parallel)
 
-        widget.observe(functools.partial(observer, self), name)
+    def render_curves(self) -> None:
+        s = self.state
+        options, s.curve = views.curve_choice(s.plots.curves, s.curve)
+        points = s.plots.curves.get(s.curve) if s.curve else None
+        self.panels.curves.render(
+            options,
+            s.curve,
+            points,
+            views.labels(s.frame, s.picked),
+            views.colors(s.picked),
+            s.smoothing,
+            views.curve_title(s.curve or ""),
+            views.no_curves_text(s),
+        )
 
-    # ----- the table -----------------------------------------------------------------------
-    def visible_rows(self) -> pd.DataFrame:
-        """The rows shown: filtered, then sorted (across the whole table)."""
-        frame = filter_experiments(self.frame, self.filter.value)
-        sort = self.table.sort or {}
-        return sort_frame(frame, sort.get("column"), bool(sort.get("descending")))
+    def render_gallery(self) -> None:
+        model = views.gallery_model(
+            self.state, lambda file: digest(file, self.store), self.store.inside
+        )
+        self.panels.gallery.render(model, self.state.gallery_mode)
 
-    def visible_columns(self, rows: pd.DataFrame | None = None) -> list[str]:
-        """The chosen columns; with "only columns that differ", those whose values differ
-        among `rows` (the rows shown), or among all rows when fewer than two are shown."""
-        chosen = [c for c in self.column_picker.value if c in self.frame]
-        if self.only_differing.value and len(self.frame) > 1:
-            rows = self.frame if rows is None or len(rows) < 2 else rows
-            varying = set(differing_columns(rows, [c for c in chosen if c not in SHOWN_FIXED]))
-            chosen = [c for c in chosen if c in SHOWN_FIXED or c in varying]
-        return chosen
+    def render_comparison(self) -> None:
+        s = self.state
+        self.render_curves()
+        self.render_gallery()
+        self.panels.classifier.render(s.plots.confusion, views.labels(s.frame, s.picked))
 
-    def apply_view(self) -> None:
-        """Draw the table as the filter, sort and column choices say."""
-        try:
-            rows = self.visible_rows()
-            self.filter_message.value = ""
-        except FilterError as error:
-            self.filter_message.value = (
-                f"<span class='filter-error' style='color:#cf222e'>{html.escape(str(error))}. "
-                "Use column names as shown, e.g. <code>train_lora.rank &gt;= 8</code>, "
-                '<code>state == "failed"</code>.</span>'
-            )
-            rows = self.frame
-        columns = self.visible_columns(rows)
-        self._draw_table(rows, columns)
+    def render_queue(self) -> None:
+        self.panels.queue.render(views.queue_summary(self.state.frame), self.state.log_html)
 
-    def _draw_table(self, rows: pd.DataFrame, columns: list[str]) -> None:
-        frame = self.frame
-        metrics = set(frame.attrs.get("metrics", []))
-        groups = {c: "param" for c in frame.attrs.get("params", [])}
-        groups.update({c: "metric" for c in metrics})
-        groups.update({c: "dep" for c in frame.attrs.get("deps", [])})
-        header = [
-            {"name": c, "label": c.removeprefix("dep:"), "group": groups.get(c, "fixed"),
-             "numeric": bool(c in metrics or pd.api.types.is_numeric_dtype(frame[c]))}
-            for c in columns
-        ]  # fmt: skip
-        position = {c: i for i, c in enumerate(columns)}
-        marks = {}
-        for index, rev in enumerate(frame["id"]):
-            for param in self.changed.get(rev, {}):
-                if param in position:
-                    marks[f"{index},{position[param]}"] = "changed"
-        ids = {rev: i for i, rev in enumerate(frame["id"])}
-        finished = rows[~rows["state"].isin(UNFINISHED)]  # a run's metrics so far are no record
-        for metric, revs in best_rows(finished, [c for c in columns if c in metrics]).items():
-            for rev in revs:
-                marks[f"{ids[rev]},{position[metric]}"] = "best"
-        cells = [[format_cell(v) for v in values] for values in
-                 frame[columns].itertuples(index=False)]  # fmt: skip
-        info = [
-            {"id": r.id, "name": r.name, "kind": r.kind, "state": r.state,
-             "error": r.error or "", "pickable": r.state not in NOT_PICKABLE}
-            for r in frame[["id", "name", "kind", "state", "error"]].itertuples(index=False)
-        ]  # fmt: skip
-        order = [ids[rev] for rev in rows["id"]]
-        with self.table.hold_sync(), self.quiet():
-            self.table.header, self.table.cells, self.table.row_info = header, cells, info
-            self.table.order, self.table.marks = order, marks
-            self.table.picked, self.table.colors = list(self.picked), self.colors()
-            self.table.empty_text = (
-                "No experiment matches the filter." if len(frame) else self.empty_text()
-            )
-        self._draw_count(rows)
+    def render_actions(self) -> None:
+        s = self.state
+        self.panels.actions.render(s.question, s.can_confirm, s.working, s.remotes)
+        self.panels.actions.render_undo(s.can_undo)
 
-    def empty_text(self) -> str:
-        return ("No experiments yet: run the pipeline (`make demo`), then try "
-                "`dvc exp run -S train_lora.rank=8`.")  # fmt: skip
-
-    def _draw_count(self, rows: pd.DataFrame) -> None:
-        experiments = self.frame[self.frame["kind"] == "experiment"]
-        states = experiments["state"].value_counts().to_dict()
-        detail = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-        shown = f"{len(rows)} of {len(self.frame)} rows shown"
-        text = (f"<span class='experiment-count' data-experiments='{len(experiments)}' "
-                f"data-shown='{len(rows)}'><b>{len(experiments)} experiments</b>"
-                f"{f' ({detail})' if detail else ''} · {shown}</span>")  # fmt: skip
-        if experiments.empty:
-            text += (" · <i>No experiments yet: make one with <code>dvc exp run -S "
-                     "train_lora.rank=8</code> (see the README).</i>")  # fmt: skip
-        failed = experiments[experiments["state"].isin(["failed", "lost"])]
-        for row in failed.itertuples():
-            log_tail = ""
-            if self.manage is not None and row.name in set(self.manage.log_choice.options):
-                log_tail = (
-                    "<details><summary>its log (dvc queue logs)</summary><pre>"
-                    f"{html.escape(self.manage.failure_log(row.name))}</pre></details>"
-                )
-            text += (
-                f"<div class='failed-experiment' style='color:#cf222e'>✖ {html.escape(row.name)}"
-                f" {row.state}: {html.escape(row.error or 'no error message from DVC')}{log_tail}"
-                "</div>"
-            )
-        self.count.value = text
-        self.status.value = (f"<span style='color:#57606a'>read in {self.read_seconds:.2f} s at "
-                             f"{time.strftime('%H:%M:%S')}</span>")  # fmt: skip
-
-    @shown_errors
-    def pick(self, revs: list[str]) -> None:
-        """Compare these rows (ids or names), in this order."""
-        by_name = dict(zip(self.frame["name"], self.frame["id"], strict=False))
-        self.picked = [by_name.get(rev, rev) for rev in revs]
-        with self.quiet():
-            self.table.picked, self.table.colors = list(self.picked), self.colors()
-        self._comparer.request()
-
-    def _on_table_message(self, _widget, content, _buffers) -> None:
-        if isinstance(content, dict) and content.get("drawn"):
-            self.release_plots()
-
-    def release_plots(self) -> None:
-        """Draw the plots held back until the browser had drawn the table."""
-        for box in (self.curves, self.scatter, self.parallel, self.confusion):
+    def table_drawn(self) -> None:
+        """The browser drew the table: draw the plots held back until then."""
+        for box in self.panels.plot_boxes():
             box.release()
 
-    def colors(self) -> dict[str, str]:
-        return {rev: plots.PALETTE[i % len(plots.PALETTE)] for i, rev in enumerate(self.picked)}
+    # ----- view commands -------------------------------------------------------------------
+    def set_view(self, **changes: Any) -> None:
+        """Filter, sort, columns, curve, smoothing, axes or gallery mode changed: redraw what
+        shows them."""
+        unknown = set(changes) - VIEW_SETTINGS
+        if unknown:
+            raise TypeError(f"not a view setting: {', '.join(sorted(unknown))}")
 
-    @shown_errors
+        def set_view() -> None:
+            for key, value in changes.items():
+                setattr(self.state, key, tuple(value) if key == "columns" else value)
+            if changes.keys() & {"filter", "sort", "columns", "only_differing"}:
+                self.render_table()
+            if changes.keys() & {"filter", "x", "y"}:
+                self.render_overview()
+            if changes.keys() & {"curve", "smoothing"}:
+                self.render_curves()
+            if "gallery_mode" in changes:
+                self.render_gallery()
+
+        self.perform(set_view, "set_view", banner=True)
+
+    def set_all_commits(self, value: bool) -> None:
+        self.state.all_commits = value
+        self.refresh(force=True)
+
+    def pick(self, revs: list[str]) -> None:
+        """Compare these rows (ids or names), in this order."""
+
+        def pick() -> None:
+            self.state.picked = views.resolve_picks(self.state.frame, revs)
+            self.panels.table.render_picks(self.state.picked, views.colors(self.state.picked))
+            self._plot_reader.request()
+
+        self.perform(pick, "pick", banner=True)
+
     def export(self, kind: str) -> None:
-        rows = self.visible_rows()
-        columns = ["id", *self.visible_columns(rows)]
-        if kind == "csv":
-            self.table.download("experiments.csv", to_csv(rows, columns), "text/csv")
-        else:
-            self.table.download("experiments.md", to_markdown(rows, columns), "text/markdown")
+        """Download the table as shown (rows filtered and sorted, columns shown)."""
 
-    # ----- comparison of the picked --------------------------------------------------------
-    def labels(self) -> dict[str, str]:
-        names = dict(zip(self.frame["id"], self.frame["name"], strict=False))
-        return {rev: names.get(rev, rev[:7]) for rev in self.picked}
+        def export() -> None:
+            try:
+                rows = views.visible_rows(self.state)
+            except FilterError:
+                rows = self.state.frame
+            columns = ["id", *views.visible_columns(self.state, rows)]
+            if kind == "csv":
+                self.panels.table.download("experiments.csv", to_csv(rows, columns), "text/csv")
+            else:
+                text = to_markdown(rows, columns)
+                self.panels.table.download("experiments.md", text, "text/markdown")
 
-    def _comparable_picks(self) -> list[str]:
-        return [rev for rev in self.picked if rev in set(self.frame["id"])]
+        self.perform(export, f"export to {kind}", banner=True)
 
-    def running_roots(self) -> dict[str, str]:
-        """{id: the folder its queue task runs in} of the running experiments."""
-        running = self.frame[(self.frame["state"] == "running") & self.frame["root"].notna()]
-        return dict(zip(running["id"], running["root"], strict=True))
-
+    # ----- comparing the picked ------------------------------------------------------------
     def _read_plots(self, picked: list[str]) -> Plots:
-        return self.store.plots(picked, self.running_roots()) if picked else Plots()
+        roots = views.running_roots(self.state.frame)
+        return self.store.plots(picked, roots) if picked else Plots()
+
+    def compare(self) -> None:
+        """Read the picked rows' plots (those not read before, the workspace and the running
+        ones) and draw them, now."""
+        self.state.plots = self._read_plots(views.comparable_picks(self.state))
+        self.render_comparison()
+        self.render_thumbs()
+
+    def render_thumbs(self) -> None:
+        """A picture in the table for each row whose images have been read."""
+        thumbs = {}
+        for rev, file in views.row_thumbnails(self.store.read_images()).items():
+            with contextlib.suppress(DvcError):  # a file outside the repository: none
+                thumbs[rev] = str(self.store.inside(file))
+        if thumbs != self.state.thumbs:
+            self.state.thumbs = thumbs
+            self.render_table()
+
+    def _compare_in_background(self) -> None:
+        """After a pick: read the plots without holding the page, then draw them, unless the
+        picks changed meanwhile (then the next run draws the newer picks: quick clicks on
+        several rows cost one drawing)."""
+        try:
+            picked = views.comparable_picks(self.state)
+            data = self._read_plots(picked)
+            with self._busy:
+                if picked != views.comparable_picks(self.state):
+                    return
+                self.state.plots = data
+                self.render_comparison()
+                self.render_overview(parallel=False)
+                self.render_thumbs()
+        except Exception as error:
+            text = error_text(error, "comparing the picked experiments")
+            self.show_error(f"Cannot compare the picked experiments: {text}")
 
     def live_signature(self) -> tuple:
         """Sizes and times of the curve files that the picked running experiments write."""
-        roots = self.running_roots()
+        roots = views.running_roots(self.state.frame)
         stamps = []
-        for rev in self._comparable_picks():
+        for rev in views.comparable_picks(self.state):
             if rev in roots:
                 for file in self.store.live_files(roots[rev]).values():
                     with contextlib.suppress(OSError):
@@ -548,177 +488,12 @@ class Dashboard:
                         stamps.append((str(file), stat.st_mtime_ns, stat.st_size))
         return tuple(stamps)
 
-    def draw_comparison(self) -> None:
-        """Read the picked rows' plots (those not read before, the workspace and the running
-        ones) and draw."""
-        self.plots = self._read_plots(self._comparable_picks())
-        self._draw_plots()
-
-    def compare_picked(self) -> None:
-        """After a pick: read the plots without holding the page, then draw them, unless the
-        picks changed meanwhile (then the next run draws the newer picks: quick clicks on
-        several rows cost one drawing)."""
-        try:
-            picked = self._comparable_picks()
-            data = self._read_plots(picked)
-            with self._busy:
-                if picked != self._comparable_picks():
-                    return
-                self.plots = data
-                self._draw_plots()
-                self.draw_overview(parallel=False)
-        except Exception as error:
-            text = error_text(error, "comparing the picked experiments")
-            self.show_error(f"Cannot compare the picked experiments: {text}")
-
-    def _draw_plots(self) -> None:
-        curves = sorted(self.plots.curves)
-        preferred = next(
-            (c for c in curves if PREFERRED_CURVE in c), curves[0] if curves else None
-        )
-        self._set_options(self.curve_choice, curves, preferred)
-        self.draw_curves()
-        self.draw_gallery()
-        self.confusion.show(plots.confusion_figure(self.plots.confusion, self.labels()))
-
-    def draw_curves(self) -> None:
-        path = self.curve_choice.value
-        if not path:
-            message = "Pick experiments in the table to see their curves."
-            if self.picked:
-                message = (
-                    "The picked experiments have no curves ("
-                    + "; ".join(
-                        f"{self.labels().get(r, r)}: {m}" for r, m in self.plots.missing.items()
-                    )
-                    + ")."
-                )
-            self.curves.show(plots.empty_figure(message))
-            return
-        title = path.removeprefix("outputs/").replace("/plots/metrics/", ": ")
-        figure = plots.curves_figure(self.plots.curves[path], self.labels(), self.colors(),
-                                     title, self.smoothing.value)  # fmt: skip
-        self.curves.show(figure)
-
-    def draw_overview(self, parallel: bool = True) -> None:
-        """The scatter (picked rows in their colours) and, unless told not, the parallel
-        coordinates (which picks do not change) over the filtered rows."""
-        try:
-            rows = filter_experiments(self.frame, self.filter.value)
-        except FilterError:
-            rows = self.frame
-        rows = rows[rows["kind"] != "workspace"] if len(rows) > 1 else rows
-        x, y = self.x_choice.value, self.y_choice.value
-        if x is None or y is None:
-            message = "Run experiments that change a param to compare them here."
-            self.scatter.show(plots.empty_figure(message))
-            self.parallel.show(plots.empty_figure(message))
-            return
-        self.scatter.show(plots.scatter_figure(rows, x, y, self.colors()))
-        if parallel:
-            params = [p for p in self.x_choice.options if p != y][:8]
-            self.parallel.show(plots.parallel_figure(rows, params, y))
-
-    def key_metric(self) -> str | None:
-        metrics = self.frame.attrs.get("metrics", [])
-        return next((m for m in KEY_METRICS if m in metrics), metrics[0] if metrics else None)
-
-    def column_detail(self, rev: str, kind: str = "lora") -> str:
-        """What an experiment changed from its baseline and its key metric (for the base
-        model's images, the base's figure: type_fidelity_base for type_fidelity_lora)."""
-        params = self.frame.attrs.get("params", [])
-        changed = self.changed.get(rev, {})
-        parts = [f"{short_name(p, params)}={format_cell(v)}" for p, v in changed.items()]
-        parts += [self.metric_detail(rev, kind)]
-        return " · ".join(part for part in parts if part) or "baseline params"
-
-    def metric_detail(self, rev: str, kind: str = "lora") -> str:
-        """`<key metric> <value>` of a row ("" when it has none)."""
-        row = self.frame[self.frame["id"] == rev]
-        metric = self.key_metric()
-        if metric and kind == "base" and metric.endswith("_lora"):
-            base_metric = metric.removesuffix("_lora") + "_base"
-            metric = base_metric if base_metric in self.frame else metric
-        if (
-            metric
-            and not row.empty
-            and pd.notna(pd.to_numeric(row.iloc[0][metric], errors="coerce"))
-        ):
-            return f"{metric} {format_cell(row.iloc[0][metric])}{interval(row.iloc[0], metric)}"
-        return ""
-
-    def draw_gallery(self) -> None:
-        images, mode = self.plots.images, self.gallery_mode.value
-        kinds = ["base", "lora"] if mode == "both" else [mode]
-        labels, colors = self.labels(), self.colors()
-        kind_names = {"lora": "LoRA", "base": "base"}
-        columns = [
-            {"key": f"{rev}:{kind}", "label": f"{labels[rev]} · {kind_names[kind]}",
-             "detail": self.column_detail(rev, kind), "color": colors.get(rev), "rev": rev,
-             "kind": kind}
-            for rev in self.picked for kind in kinds
-        ]  # fmt: skip
-        keys = list(images[["prompt", "seed"]].drop_duplicates().itertuples(index=False))
-        files, rows = {}, []
-        lookup = {(r.rev, r.kind, r.prompt, r.seed): r.file for r in images.itertuples()}
-        columns = self._one_column_per_base(columns, lookup, keys)
-        for prompt, seed in keys:
-            cells = []
-            for column in columns:
-                file = lookup.get((column["rev"], column["kind"], prompt, seed))
-                if file is None:
-                    absent = f"this experiment has no image for '{prompt}', seed {seed}"
-                    reason = self.plots.missing.get(column["rev"], absent)
-                    cells.append({"missing": reason})
-                    continue
-                key = f"{column['key']}:{prompt}:{seed}"
-                try:
-                    files[key] = self.store.inside(file)
-                except DvcError as error:
-                    cells.append({"missing": str(error)})
-                    continue
-                title = f"{column['label']} — {prompt}, seed {seed}"
-                cells.append({"key": key, "src": image_uri(files[key], 256), "title": title})
-            rows.append({"label": f"{prompt} · seed {seed}", "cells": cells})
-        self.gallery.files = files
-        with self.gallery.hold_sync():
-            self.gallery.columns = columns if rows else []
-            self.gallery.rows = rows
-            self.gallery.empty_text = (
-                "Pick experiments in the table to see their Pokémon." if not self.picked else
-                "No generated images for the picked experiments: "
-                + "; ".join(f"{labels.get(r, r)}: {m}" for r, m in self.plots.missing.items())
-            )  # fmt: skip
-
-    def _one_column_per_base(self, columns: list[dict], lookup: dict, keys: list) -> list[dict]:
-        """The base model's images once when picked experiments share them (same base model,
-        prompts and seeds: the usual case), so that their LoRA columns sit side by side."""
-        kept, first_of = [], {}
-        for column in columns:
-            if column["kind"] == "base":
-                files = [lookup.get((column["rev"], "base", *key)) for key in keys]
-                content = tuple(_digest(file, self.store) for file in files)
-                if any(content) and content in first_of:
-                    first = first_of[content]
-                    first["same"].append(column["label"].removesuffix(" · base"))
-                    continue
-                first_of[content] = column
-                column["same"] = []
-            kept.append(column)
-        for column in first_of.values():
-            if column["same"]:
-                parts = [f"the same for {', '.join(column['same'])}",
-                         self.metric_detail(column["rev"], "base")]  # fmt: skip
-                column["detail"] = " · ".join(part for part in parts if part)
-            del column["same"]
-        return kept
-
     # ----- live refresh --------------------------------------------------------------------
     def watch(self, seconds: float = 1.0) -> None:
         """Look for changes every `seconds` (15 ms of git at 1,000 experiments) and refresh."""
 
         def loop() -> None:
-            self.start_comparing()
+            self.perform(self._first_comparison, "comparing the picked", banner=True)
             live = ()
             while not self._stop.wait(seconds):
                 try:
@@ -726,22 +501,302 @@ class Dashboard:
                         self.refresh()
                     elif (now := self.live_signature()) != live:  # a running curve grew
                         live = now
-                        self._comparer.request()
+                        self._plot_reader.request()
                 except Exception:
                     log.exception("watching the repository failed")
 
         threading.Thread(target=loop, name="dashboard-watch", daemon=True).start()
 
-    @shown_errors
-    def start_comparing(self) -> None:
+    def _first_comparison(self) -> None:
         """Draw the picked experiments' plots, then read ahead the newest experiments' plots
         in one dvc call, so that picking them later shows at once."""
-        self._compare = True
-        self.draw_comparison()
-        done = self.frame[self.frame["kind"].isin(["experiment", "baseline"])
-                          & (self.frame["state"] == "success")]  # fmt: skip
+        self._comparing = True
+        self.compare()
+        frame = self.state.frame
+        done = frame[
+            frame["kind"].isin(["experiment", "baseline"]) & (frame["state"] == S.SUCCESS)
+        ]
         newest = done.sort_values("created", ascending=False)["id"].head(PREFETCH).tolist()
         self.store.plots(newest)
+        self.render_thumbs()
 
     def close(self) -> None:
         self._stop.set()
+
+    # ----- launching and the queue (commands of the Run tab) -------------------------------
+    def queue(self, launches: list[actions.Launch]) -> None:
+        self.say(f"Queueing {len(launches)} experiment(s)...")
+        try:
+            names = actions.queue(self.repo, launches)
+        except actions.QueueError as error:  # part of a grid queued: show and follow those
+            self.state.launched.update(error.queued)
+            if error.queued:
+                self.refresh(force=True)
+            raise
+        self.state.launched.update(names)
+        self.say(f"Queued {len(names)}: {', '.join(names)}. Start the queue to run them.")
+        self.refresh(force=True)
+
+    def run_now(self, launch: actions.Launch) -> None:
+        """Start a workspace run; refused (WorkspaceBusy, naming the holder) while another tab
+        or process holds the workspace lock, which the run holds until it ends."""
+        run = actions.run_now(self.repo, launch)
+        name = launch.name or "workspace run"
+        self.running[name] = run
+        self.say(f"Running {name} in the workspace (log: {run.log.relative_to(self.repo)}).")
+        threading.Thread(target=self._wait_run, args=(name,), daemon=True).start()
+
+    def _wait_run(self, name: str) -> None:
+        run = self.running[name]
+        code = run.wait()  # releases the workspace lock
+
+        def after_run() -> None:
+            if code == 0:
+                self.say(f"{name} finished.")
+            else:
+                text = run.log.read_text(errors="replace") if run.log.exists() else ""
+                self.state.log_html = questions.pre(questions.tail(text), "run-log")
+                self.render_queue()
+                self.say(f"{name} failed (exit {code}); its log:", error=True)
+            self.refresh(force=True)
+
+        self.perform(after_run, f"after {name}")
+
+    def start_queue(self, jobs: int) -> None:
+        actions.queue_start(self.repo, jobs)
+        self.say(f"Queue started with {jobs} worker(s).")
+        self.render_queue()
+
+    def stop_queue(self) -> None:
+        actions.queue_stop(self.repo)
+        self.say("Queue stopping: running experiments finish, queued ones wait.")
+        self.render_queue()
+
+    def kill_picked(self) -> None:
+        running = views.picked_rows(self.state.frame, self.state.picked, {S.RUNNING})
+        if not running:
+            raise ValueError("pick a running experiment first")
+        actions.queue_kill(self.repo, self._targets(running))
+        self.say(f"Interrupted {', '.join(r['name'] for r in running)}.")
+        self.refresh(force=True)
+
+    def show_log(self, name: str | None) -> None:
+        if not name:
+            raise ValueError("no queued experiment has a log yet")
+        text = questions.tail(actions.queue_logs(self.repo, name))
+        self.state.log_html = questions.pre(
+            text or f"{name} has printed nothing yet.", "queue-log"
+        )
+        self.render_queue()
+
+    # ----- acting on the picked (commands of the actions bar) ------------------------------
+    def _one_picked(self) -> dict[str, Any]:
+        rows = views.picked_rows(self.state.frame, self.state.picked)
+        if len(rows) != 1:
+            raise ValueError(
+                "pick exactly one experiment (not a baseline or the workspace); "
+                f"{len(rows)} picked"
+            )
+        return rows[0]
+
+    def _targets(self, rows: list[dict[str, Any]]) -> list[actions.Target]:
+        """The picked rows as dvc will be given them: full refs (queue tasks: ids), checked
+        against the repository now."""
+        return [actions.target(self.repo, row) for row in rows]
+
+    def _shown(self, item: actions.Target) -> str:
+        return questions.shown_name(
+            item.name, item.rev, actions.name_warning(self.repo, item.name)
+        )
+
+    def ask(self, question: str, confirmed: Callable[[], None] | None) -> None:
+        """Show a question; Confirm runs `confirmed` (None: no Confirm yet, a note while the
+        question's facts are found out; "": no question)."""
+        self.state.question = question or None
+        self.state.can_confirm = confirmed is not None
+        self._confirmed = confirmed
+        self.render_actions()
+
+    def confirm(self) -> None:
+        action = self._confirmed
+        self.ask("", None)
+        if action is not None:
+            self.perform(action, getattr(action, "__name__", "confirmed action"))
+
+    def dismiss(self) -> None:
+        self.ask("", None)
+
+    def ask_apply(self) -> None:
+        row = self._one_picked()
+        if row["state"] != S.SUCCESS:
+            raise ValueError(
+                f"{row['name']} is {row['state']}: only a finished experiment can be applied"
+            )
+        (item,) = self._targets([row])  # by its full ref: `main` is the experiment, not the branch
+        # the question at once, without Confirm, while git and dvc say what would be overwritten
+        checking = "<div class='apply-checking'>Checking what it would overwrite…</div>"
+        self.ask(self._apply_question(row, item) + checking, None)
+        try:
+            what = actions.overwritten(self.repo, item)
+        except BaseException:
+            self.ask("", None)
+            raise
+        self._ask_apply(row, item, what)
+
+    def _apply_question(self, row: dict[str, Any], item: actions.Target) -> str:
+        return questions.apply_question(
+            self._shown(item), views.apply_preview(self.state.frame, row)
+        )
+
+    def _ask_apply(
+        self,
+        row: dict[str, Any],
+        item: actions.Target,
+        what: workspace.Overwritten,
+        note: str = "",
+    ) -> None:
+        question = note + self._apply_question(row, item) + questions.overwritten_html(what)
+
+        def apply() -> None:
+            self._apply(row, item, what)
+
+        self.ask(question, apply)
+
+    def _apply(
+        self, row: dict[str, Any], item: actions.Target, shown: workspace.Overwritten
+    ) -> None:
+        """At Confirm: apply, in the background, unless more would be overwritten than the
+        question said (then it asks again with the new list)."""
+
+        def apply_experiment(started: Callable[[Any], None]) -> None:
+            try:
+                number = actions.apply(self.repo, item, shown, started)
+            except workspace.ChangedSinceAsked as changed:
+                note = questions.changed_note("applied", changed.new)
+                self._ask_apply(row, item, changed.now, note)
+                self.say(f"Nothing applied: {changed}", error=True)
+                return
+            kept = len(workspace.entries(self.repo))
+            self.say(
+                f"Applied {item.name}: the workspace now holds its params and outputs; Undo "
+                f"brings back what was there (kept as undo entry {number}; {kept} kept in "
+                "all). Commit them with `git commit` (and `dvc push` to share the outputs)."
+            )
+            self.refresh(force=True)
+
+        self._in_background(f"Applying {item.name}", apply_experiment)
+
+    def ask_undo(self) -> None:
+        plan = workspace.undo_plan(self.repo)
+        if plan is None:
+            self.state.can_undo = False
+            self.render_actions()
+            raise ValueError("nothing to undo: no Apply from this page is kept")
+        self._ask_undo(plan)
+
+    def _ask_undo(self, plan: workspace.UndoPlan, note: str = "") -> None:
+        def undo() -> None:
+            self._undo(plan)
+
+        self.ask(note + questions.undo_html(plan), undo)
+
+    def _undo(self, shown: workspace.UndoPlan) -> None:
+        def undo_apply(started: Callable[[Any], None]) -> None:
+            try:
+                entry = actions.undo(self.repo, shown, started)
+            except workspace.UndoChangedSinceAsked as changed:
+                self._ask_undo(changed.plan, questions.changed_note("undone", changed.new))
+                self.say(f"Nothing undone: {changed}", error=True)
+                return
+            left = len(workspace.entries(self.repo))
+            more = f" {left} earlier Apply(s) can be undone too." if left else ""
+            self.say(
+                f"Undone: the workspace is back as it was before {entry.experiment} was "
+                f"applied.{more}"
+            )
+            self.refresh(force=True)
+
+        self._in_background("Undoing the last Apply", undo_apply)
+
+    def _in_background(self, doing: str, work: Callable[[Callable[[Any], None]], None]) -> None:
+        """Run `work(started)` on a thread, through the command path, so that the page stays
+        live and Cancel can stop the dvc process that `started` is handed (SIGINT, never a
+        kill)."""
+        if self.work is not None and self.work.is_alive():
+            raise ValueError(f"{self.work.name} is still going: wait for it to finish")
+
+        def started(process: Any) -> None:
+            self._process = process
+            self.state.working = True
+            self.render_actions()
+
+        def body() -> None:
+            def run() -> None:
+                work(started)
+
+            try:
+                self.perform(run, work.__name__)
+            finally:
+                self._process = None
+                self.state.working = False
+                self.state.can_undo = workspace.has_undo(self.repo)
+                self.render_actions()
+
+        self.say(f"{doing}…")
+        self.work = threading.Thread(target=body, name=doing, daemon=True)
+        self.work.start()
+
+    def wait_for_work(self, timeout: float | None = None) -> None:
+        """Wait for the apply or undo going on (scripts and tests)."""
+        if self.work is not None:
+            self.work.join(timeout)
+
+    def cancel_work(self) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            raise ValueError("nothing to cancel: no apply or undo is running dvc")
+        interrupt(process)
+        self.say("Cancelling: dvc stops where it is safe to; Undo brings back what was there.")
+
+    def branch(self, new: str) -> None:
+        (item,) = self._targets([self._one_picked()])
+        actions.branch(self.repo, item, new)
+        self.say(f"Made branch {new} from {item.name}.")
+        self.panels.actions.clear_names()
+        self.refresh(force=True)
+
+    def rename(self, new: str) -> None:
+        (item,) = self._targets([self._one_picked()])
+        actions.rename(self.repo, item, new)
+        self.say(f"Renamed {item.name} to {new}.")
+        self.panels.actions.clear_names()
+        self.refresh(force=True)
+
+    def ask_remove(self) -> None:
+        rows = views.picked_rows(self.state.frame, self.state.picked)
+        if not rows:
+            raise ValueError("pick the experiments to remove first")
+        targets = self._targets(rows)  # resolved now; checked again at Confirm
+        question = (
+            f"Remove {len(targets)} experiment(s): "
+            f"{', '.join(self._shown(item) for item in targets)}? "
+            "Their git refs go; outputs stay in the DVC cache until `dvc gc`."
+        )
+
+        def remove() -> None:
+            actions.remove(self.repo, targets)  # nothing, and says so, if a ref moved since
+            self.say(f"Removed {', '.join(item.name for item in targets)}.")
+            self.refresh(force=True)
+
+        self.ask(question, remove)
+
+    def push(self, remote: str | None) -> None:
+        rows = views.picked_rows(self.state.frame, self.state.picked)
+        if not rows:
+            raise ValueError("pick the experiments to push first")
+        self.say(actions.push(self.repo, remote, self._targets(rows)))
+        self.refresh(force=True)
+
+    def pull(self, remote: str | None) -> None:
+        self.say(actions.pull(self.repo, remote))
+        self.refresh(force=True)

@@ -2,17 +2,18 @@
 pandas DataFrames and image paths. Pure parsers; no widgets, no torch, no diffusers.
 
 Columns of the experiments frame: `id`, `name`, `kind` (workspace, baseline, experiment),
-`state` (workspace, success, failed, queued, running, lost), `created`, `parent` (the baseline's
-id), `error`, `pid` (the process of a running queue task), then one column per param
-(`train_lora.rank`), per metric (`lift`, or
-`train_classifier/step` where two metrics files share a name) and per dependency
-(`dep:stages/train_lora.py`, its hash). `frame.attrs` lists which columns are which.
+`state` (an ExperimentState: workspace, success, failed, queued, running, lost), `created`,
+`parent` (the baseline's id), `error`, `pid` (the process of a running queue task), then one
+column per param (`train_lora.rank`), per metric (`lift`, or `train_classifier/step` where two
+metrics files share a name) and per dependency (`dep:stages/train_lora.py`, its hash).
+`frame.attrs` lists which columns are which.
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
+import enum
 import functools
 import json
 import keyword
@@ -24,6 +25,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+
+class ExperimentState(enum.StrEnum):
+    """The state of a table row: an executor's state in `dvc exp show --json`, else success or
+    failed; `lost` is this module's (mark_lost). A str, so it compares with what DVC writes."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    LOST = "lost"  # DVC says running, but its process is gone without a result
+    WORKSPACE = "workspace"
+
+
+S = ExperimentState
+
 
 FIXED_COLUMNS = ["id", "name", "kind", "state", "created", "parent", "error", "pid", "root"]
 DEP_PREFIX = "dep:"
@@ -80,10 +97,11 @@ def _error_text(error: Any) -> str | None:
 
 def _state(kind: str, executor: Mapping[str, Any] | None, error: str | None) -> str:
     if executor and executor.get("state"):
-        return str(executor["state"])
+        state = str(executor["state"])
+        return S(state) if state in S._value2member_map_ else state  # a newer DVC's, as it is
     if kind == "workspace":
-        return "workspace"
-    return "failed" if error else "success"
+        return S.WORKSPACE
+    return S.FAILED if error else S.SUCCESS
 
 
 def _row(entry: Mapping[str, Any], kind: str, parent: str | None, executor, names) -> dict:
@@ -102,7 +120,7 @@ def _row(entry: Mapping[str, Any], kind: str, parent: str | None, executor, name
     }
     for values in _file_data(data.get("params")).values():
         row.update(values)
-    if row["state"] != "failed":  # a failed queue task lists its baseline's metrics: not its own
+    if row["state"] != S.FAILED:  # a failed queue task lists its baseline's metrics: not its own
         for path, values in _file_data(data.get("metrics")).items():
             row.update({names[(path, key)]: value for key, value in values.items()})
     for path, dep in (data.get("deps") or {}).items():
@@ -112,7 +130,7 @@ def _row(entry: Mapping[str, Any], kind: str, parent: str | None, executor, name
 
 # When one name is listed twice under a baseline, the entry that keeps it: a finished run over
 # a running one over a queued one.
-_STATE_RANK = {"queued": 0, "running": 1}
+_STATE_RANK = {S.QUEUED: 0, S.RUNNING: 1}
 
 
 def _experiments(commit: Mapping[str, Any]) -> list[tuple[dict, Any]]:
@@ -229,22 +247,42 @@ STRING_TESTS = {  # the string methods a filter may call, as `column.str.<name>(
     "endswith": str.endswith,
 }
 _COMPARE = {
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-    ast.Gt: operator.gt, ast.GtE: operator.ge,
-}  # fmt: skip
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+}
 _ARITHMETIC = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-    ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
     ast.Pow: operator.pow,
-}  # fmt: skip
+}
 _NOT_ALLOWED = {  # how the error names what it refused
-    ast.Call: "calls", ast.Attribute: "attributes", ast.Subscript: "subscripts ([...])",
-    ast.Lambda: "lambdas", ast.ListComp: "comprehensions", ast.SetComp: "comprehensions",
-    ast.DictComp: "comprehensions", ast.GeneratorExp: "comprehensions",
-    ast.NamedExpr: "assignments (:=)", ast.JoinedStr: "f-strings", ast.IfExp: "if/else",
-    ast.Dict: "dictionaries", ast.Set: "sets", ast.Starred: "*", ast.Await: "await",
-    ast.Yield: "yield", ast.YieldFrom: "yield", ast.Slice: "slices",
-}  # fmt: skip
+    ast.Call: "calls",
+    ast.Attribute: "attributes",
+    ast.Subscript: "subscripts ([...])",
+    ast.Lambda: "lambdas",
+    ast.ListComp: "comprehensions",
+    ast.SetComp: "comprehensions",
+    ast.DictComp: "comprehensions",
+    ast.GeneratorExp: "comprehensions",
+    ast.NamedExpr: "assignments (:=)",
+    ast.JoinedStr: "f-strings",
+    ast.IfExp: "if/else",
+    ast.Dict: "dictionaries",
+    ast.Set: "sets",
+    ast.Starred: "*",
+    ast.Await: "await",
+    ast.Yield: "yield",
+    ast.YieldFrom: "yield",
+    ast.Slice: "slices",
+}
 _SCALARS = (bool, int, float, str, type(None))
 
 
@@ -567,7 +605,7 @@ def changed_params(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
     parents = []
     for kind, parent, state in zip(frame["kind"], frame["parent"], frame["state"], strict=True):
         base = head if kind == "workspace" else parent if kind == "experiment" else None
-        parents.append(-1 if state == "queued" else position.get(base, -1))
+        parents.append(-1 if state == S.QUEUED else position.get(base, -1))
     has_parent = [p >= 0 for p in parents]
     take = [max(p, 0) for p in parents]
     changed: dict[str, dict[str, Any]] = {rev: {} for rev in ids}
@@ -657,8 +695,15 @@ def generated_images(images: Mapping[tuple[str, str], str]) -> pd.DataFrame:
         match = GENERATED.search(path)
         if match:
             prompt = match["prompt"].replace("-", " ")
-            rows.append({"rev": rev, "kind": match["kind"], "prompt": prompt,
-                         "seed": int(match["seed"]), "file": file})  # fmt: skip
+            rows.append(
+                {
+                    "rev": rev,
+                    "kind": match["kind"],
+                    "prompt": prompt,
+                    "seed": int(match["seed"]),
+                    "file": file,
+                }
+            )
     columns = ["rev", "kind", "prompt", "seed", "file"]
     return pd.DataFrame(rows, columns=columns).sort_values(["prompt", "seed", "rev", "kind"])
 
@@ -669,12 +714,12 @@ def mark_lost(frame: pd.DataFrame, alive, exited) -> pd.DataFrame:
     DVC keeps such a task "Running" for ever when its queue worker was killed, and its result
     is never collected. A run that exited normally stays running while its worker collects the
     results (seconds)."""
-    running = frame["state"] == "running"
+    running = frame["state"] == S.RUNNING
     for index in frame.index[running]:
         pid = frame.at[index, "pid"]
         if pid is None or pd.isna(pid) or alive(int(pid)) or exited(frame.at[index, "id"]):
             continue
-        frame.at[index, "state"] = "lost"
+        frame.at[index, "state"] = S.LOST
         frame.at[index, "error"] = (
             f"its run stopped without a result (process {int(pid)} is gone: the queue worker "
             "was killed or the machine restarted); remove it and queue it again"

@@ -48,16 +48,21 @@ def dvc_env() -> dict[str, str]:
 def git(repo: Path, *args: str, timeout: float = 30.0) -> str:
     """stdout of `git <args>` in `repo` (a read: what git printed, even when it failed)."""
     return subprocess.run(
-        ["git", *args], cwd=repo, capture_output=True, text=True, timeout=timeout,
+        ["git", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
-    ).stdout  # fmt: skip
+    ).stdout
 
 
 def git_refs(repo: Path, *prefixes: str, timeout: float = 30.0) -> dict[str, str]:
     """{ref: commit} of the git refs under `prefixes` (`git for-each-ref`, milliseconds at
     1,000 refs)."""
-    listed = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", *prefixes,
-                 timeout=timeout)  # fmt: skip
+    listed = git(
+        repo, "for-each-ref", "--format=%(refname) %(objectname)", *prefixes, timeout=timeout
+    )
     return dict(line.split(" ", 1) for line in listed.splitlines() if " " in line)
 
 
@@ -69,10 +74,15 @@ def git_write(
     added to the environment (GIT_INDEX_FILE for a private index). File names pass through as
     they are (surrogate escapes for bytes that are not UTF-8)."""
     result = subprocess.run(
-        ["git", *args], cwd=repo, capture_output=True, input=input, encoding="utf-8",
-        errors="surrogateescape", env={**os.environ, **(env or {})},
+        ["git", *args],
+        cwd=repo,
+        capture_output=True,
+        input=input,
+        encoding="utf-8",
+        errors="surrogateescape",
+        env={**os.environ, **(env or {})},
         stdin=None if input is not None else subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     if result.returncode != 0:
         said = result.stderr.strip().splitlines()
         raise DvcError(
@@ -107,9 +117,14 @@ def run_dvc(
             # a write runs in its own session: a Ctrl-C meant for this Python reaches it only
             # as the one SIGINT passed on below, never as a second signal to its group
             process = subprocess.Popen(
-                command, cwd=repo, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                env=dvc_env(), start_new_session=write,
-            )  # fmt: skip
+                command,
+                cwd=repo,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=dvc_env(),
+                start_new_session=write,
+            )
         except OSError as error:
             raise DvcError(f"cannot run `{shown}`: {error}") from None
         if started is not None:

@@ -91,8 +91,16 @@ def field_specs() -> list[FieldSpec]:
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 walk(section, annotation, f"{prefix}{key}.")
                 continue
-            specs.append(FieldSpec(section, prefix + key, annotation, info.default,
-                                   info.description or "", _bounds(info)))  # fmt: skip
+            specs.append(
+                FieldSpec(
+                    section,
+                    prefix + key,
+                    annotation,
+                    info.default,
+                    info.description or "",
+                    _bounds(info),
+                )
+            )
 
     for section, model in SECTIONS.items():
         walk(section, model)
@@ -180,9 +188,13 @@ class LaunchForm:
     one error path (ManagePanel._do: it shows any error and logs it, and returns whether the
     action succeeded); alone, the form shows errors itself."""
 
-    def __init__(self, repo: Path, on_queue: Callable[[list[Launch]], None],
-                 on_run: Callable[[Launch], None],
-                 perform: Callable[[Callable[[], None]], bool] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        repo: Path,
+        on_queue: Callable[[list[Launch]], None],
+        on_run: Callable[[Launch], None],
+        perform: Callable[[Callable[[], None]], bool] | None = None,
+    ):
         self.repo = Path(repo)
         self.perform = perform or self._perform
         self.specs = field_specs()
@@ -198,15 +210,24 @@ class LaunchForm:
         self.sections = w.Accordion(children=sections, selected_index=None)
         for index, section in enumerate(SECTIONS):
             self.sections.set_title(index, section)
-        self.name = w.Text(placeholder="optional: name (grid: name-1, name-2, ...)",
-                           description="Name", layout=w.Layout(width="360px"))  # fmt: skip
+        self.name = w.Text(
+            placeholder="optional: name (grid: name-1, name-2, ...)",
+            description="Name",
+            layout=w.Layout(width="360px"),
+        )
         self.summary = w.HTML()
-        self.queue_button = w.Button(description="Queue", icon="plus", button_style="primary",
-                                     tooltip="add the experiment(s) to the DVC queue")  # fmt: skip
-        self.run_button = w.Button(description="Run now", icon="play",
-                                   tooltip="run one experiment in the workspace now")  # fmt: skip
-        self.reset_button = w.Button(description="Reset", icon="undo",
-                                     tooltip="back to the workspace's params.yaml")  # fmt: skip
+        self.queue_button = w.Button(
+            description="Queue",
+            icon="plus",
+            button_style="primary",
+            tooltip="add the experiment(s) to the DVC queue",
+        )
+        self.run_button = w.Button(
+            description="Run now", icon="play", tooltip="run one experiment in the workspace now"
+        )
+        self.reset_button = w.Button(
+            description="Reset", icon="undo", tooltip="back to the workspace's params.yaml"
+        )
         self.message = w.HTML()
         self.queue_button.on_click(lambda _: self._submit(on_queue))
         self.run_button.on_click(lambda _: self._submit(lambda ls: on_run(ls[0]), single=True))
@@ -228,15 +249,20 @@ class LaunchForm:
         hint = " · ".join(p for p in (kind, spec.bounds) if p)
         if spec.kind in ("int", "float", "choice", "bool"):
             hint += " · commas for a grid"
-        label = w.HTML(f"<b title='{html.escape(spec.description, quote=True)}'>"
-                       f"{html.escape(spec.key)}</b>", layout=w.Layout(width="210px"))  # fmt: skip
-        info = w.HTML(f"<span style='color:#57606a'>{html.escape(spec.description)}"
-                      f" <i>({html.escape(hint)})</i></span>")  # fmt: skip
+        label = w.HTML(
+            f"<b title='{html.escape(spec.description, quote=True)}'>{html.escape(spec.key)}</b>",
+            layout=w.Layout(width="210px"),
+        )
+        info = w.HTML(
+            f"<span style='color:#57606a'>{html.escape(spec.description)}"
+            f" <i>({html.escape(hint)})</i></span>"
+        )
         message = w.HTML()
         message.add_class("param-error")
         self.messages[spec.name] = message
-        return w.HBox([label, text, w.VBox([info, message])],
-                      layout=w.Layout(align_items="flex-start"))  # fmt: skip
+        return w.HBox(
+            [label, text, w.VBox([info, message])], layout=w.Layout(align_items="flex-start")
+        )
 
     def load(self, reset: bool = False) -> None:
         """Show the workspace's params.yaml (fields the person edited stay, unless `reset`)."""
@@ -316,23 +342,35 @@ class LaunchForm:
                         errors.setdefault(f"{section}.{key}", problem)
         for name, message in self.messages.items():
             text = errors.get(name, "")
-            message.value = (f"<span class='param-error-text' style='color:#cf222e'>"
-                             f"{html.escape(text)}</span>" if text else "")  # fmt: skip
+            message.value = (
+                f"<span class='param-error-text' style='color:#cf222e'>{html.escape(text)}</span>"
+                if text
+                else ""
+            )
         if errors:
-            self.summary.value = (f"<span style='color:#cf222e'>{len(errors)} field(s) to fix "
-                                  "before launching</span>")  # fmt: skip
+            self.summary.value = (
+                f"<span style='color:#cf222e'>{len(errors)} field(s) to fix "
+                "before launching</span>"
+            )
         elif size > MAX_GRID:
-            self.summary.value = (f"<span style='color:#cf222e'>a grid of {size} experiments: "
-                                  f"at most {MAX_GRID} at once</span>")  # fmt: skip
+            self.summary.value = (
+                f"<span style='color:#cf222e'>a grid of {size} experiments: "
+                f"at most {MAX_GRID} at once</span>"
+            )
         elif not checked:
-            self.summary.value = ("Change a value to launch an experiment (the fields show "
-                                  "the workspace's params.yaml).")  # fmt: skip
+            self.summary.value = (
+                "Change a value to launch an experiment (the fields show "
+                "the workspace's params.yaml)."
+            )
         else:
-            changed = ", ".join(f"{k} = {' | '.join(map(show_value, v))}"
-                                for k, v in checked.items())  # fmt: skip
-            self.summary.value = (f"<span class='launch-summary' data-count='{size}'><b>{size} "
-                                  f"experiment{'s' if size > 1 else ''}</b>: "
-                                  f"{html.escape(changed)}</span>")  # fmt: skip
+            changed = ", ".join(
+                f"{k} = {' | '.join(map(show_value, v))}" for k, v in checked.items()
+            )
+            self.summary.value = (
+                f"<span class='launch-summary' data-count='{size}'><b>{size} "
+                f"experiment{'s' if size > 1 else ''}</b>: "
+                f"{html.escape(changed)}</span>"
+            )
         return checked, errors
 
     def _section_content(self, section: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -349,8 +387,10 @@ class LaunchForm:
         """The experiments the form describes, named; ValueError when something is wrong."""
         checked, errors = self._validate()
         if errors:
-            raise ValueError(f"{len(errors)} field(s) to fix: " + "; ".join(
-                f"{name}: {message}" for name, message in errors.items()))  # fmt: skip
+            raise ValueError(
+                f"{len(errors)} field(s) to fix: "
+                + "; ".join(f"{name}: {message}" for name, message in errors.items())
+            )
         if not checked:
             raise ValueError("nothing changed: edit a value first")
         launches = expand_grid(checked, self.name.value.strip() or None)
@@ -365,8 +405,10 @@ class LaunchForm:
         try:  # what the form itself finds wrong is said next to it, before anything runs
             launches = self.launches()
             if single and len(launches) != 1:
-                raise ValueError(f"Run now runs one experiment; this is a grid of "
-                                 f"{len(launches)}: queue it instead")  # fmt: skip
+                raise ValueError(
+                    f"Run now runs one experiment; this is a grid of "
+                    f"{len(launches)}: queue it instead"
+                )
         except ValueError as error:
             self._say(str(error))
             return
@@ -380,8 +422,9 @@ class LaunchForm:
             self.load(reset=True)
 
     def _say(self, message: str) -> None:
-        self.message.value = (f"<span class='launch-error' style='color:#cf222e'>"
-                              f"{html.escape(message)}</span>")  # fmt: skip
+        self.message.value = (
+            f"<span class='launch-error' style='color:#cf222e'>{html.escape(message)}</span>"
+        )
 
     def _perform(self, action: Callable[[], None]) -> bool:
         """The error path of a form used alone (no panel): say the error here, log it."""

@@ -97,14 +97,18 @@ class CappedKernelManager(AsyncMappingKernelManager):
 
     def _refusal(self) -> web.HTTPError:
         """A 503 whose reason, the one line that Voila's error page shows, says what to do."""
-        self.log.warning("Refused a page: %d kernels run or start, the most (--max-kernels)",
-                         self._count())  # fmt: skip
-        return web.HTTPError(503, reason=(
-            f"Too many kernels: the dashboard runs {self.max_kernels}, its most "
-            "(python -m dashboard.serve --max-kernels). Close a dashboard tab, or wait until "
-            f"idle ones are shut down ({self.cull_idle_timeout} s after their tab closed), "
-            "then reload this page"
-        ))  # fmt: skip
+        self.log.warning(
+            "Refused a page: %d kernels run or start, the most (--max-kernels)", self._count()
+        )
+        return web.HTTPError(
+            503,
+            reason=(
+                f"Too many kernels: the dashboard runs {self.max_kernels}, its most "
+                "(python -m dashboard.serve --max-kernels). Close a dashboard tab, or wait until "
+                f"idle ones are shut down ({self.cull_idle_timeout} s after their tab closed), "
+                "then reload this page"
+            ),
+        )
 
     def _in_pool(self, task: asyncio.Task | None) -> bool:
         """Whether `task` is one of Voila's preheating tasks that no page has taken yet."""
@@ -143,8 +147,14 @@ class CappedKernelManager(AsyncMappingKernelManager):
         await super().shutdown_all(now=now)
 
 
-def voila_config(port: int, host: str = "127.0.0.1", token: str | None = None, pool_size: int = 1,
-                 cull_seconds: int = 600, max_kernels: int = 8) -> Config:  # fmt: skip
+def voila_config(
+    port: int,
+    host: str = "127.0.0.1",
+    token: str | None = None,
+    pool_size: int = 1,
+    cull_seconds: int = 600,
+    max_kernels: int = 8,
+) -> Config:
     """Voila's configuration: given to it in this process, so that no command line holds the
     token (ps shows command lines to every user of the machine)."""
     config = Config()
@@ -159,9 +169,12 @@ def voila_config(port: int, host: str = "127.0.0.1", token: str | None = None, p
             "local_hostnames": LOCAL_HOSTNAMES,
         }
     config.VoilaConfiguration.update(
-        strip_sources=True, show_tracebacks=False, preheat_kernel=pool_size > 0,
-        default_pool_size=pool_size, multi_kernel_manager_class=CappedKernelManager,
-    )  # fmt: skip
+        strip_sources=True,
+        show_tracebacks=False,
+        preheat_kernel=pool_size > 0,
+        default_pool_size=pool_size,
+        multi_kernel_manager_class=CappedKernelManager,
+    )
     config.CappedKernelManager.max_kernels = max_kernels
     config.MappingKernelManager.cull_idle_timeout = cull_seconds
     config.MappingKernelManager.cull_interval = min(60, max(1, cull_seconds // 2))
@@ -220,8 +233,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.token:
             parser.error("give --token or --no-token, not both")
         if not is_loopback(args.host):
-            parser.error(f"--no-token with --host {args.host} would let anyone who reaches this "
-                         "machine run code through the dashboard: keep the token")  # fmt: skip
+            parser.error(
+                f"--no-token with --host {args.host} would let anyone who reaches this "
+                "machine run code through the dashboard: keep the token"
+            )
         token = None
     elif args.token == "":
         parser.error("--token is empty: give one, or --no-token to serve without one")
@@ -237,8 +252,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.host in WILDCARD:
         print(f"  from another machine: {address(socket.gethostname(), args.port, token)}")
     sys.stdout.flush()
-    serve(repo, voila_config(args.port, args.host, token, args.pool_size, args.cull_seconds,
-                             args.max_kernels))  # fmt: skip
+    serve(
+        repo,
+        voila_config(
+            args.port, args.host, token, args.pool_size, args.cull_seconds, args.max_kernels
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -124,8 +124,9 @@ class ExperimentStore:
         """Changes whenever an experiment, branch or the workspace's params or lock change:
         the experiment refs (`git for-each-ref`, milliseconds at 1,000) and file times."""
         listed = git_refs(self.path, "refs/exps", "refs/heads", "refs/tags", timeout=10)
-        refs = "\n".join(f"{ref} {sha}" for ref, sha in listed.items()
-                         if not ref.startswith("refs/exps/exec/"))  # fmt: skip
+        refs = "\n".join(
+            f"{ref} {sha}" for ref, sha in listed.items() if not ref.startswith("refs/exps/exec/")
+        )
         head = (self.path / ".git" / "HEAD").read_text() if (self.path / ".git").is_dir() else ""
         times = []
         for name in WATCHED:
@@ -291,6 +292,12 @@ class ExperimentStore:
             read = [self._plots[rev] for rev in revs]
         return Plots.merge([*read, *live.values()])
 
+    def read_images(self) -> pd.DataFrame:
+        """The generated images of the revisions read so far (no dvc call)."""
+        with self._plots_lock:
+            frames = [part.images for part in self._plots.values()]
+        return pd.concat(frames) if frames else generated_images({})
+
     def curve_paths(self) -> set[str]:
         """The line plots that the read revisions have (dvclive's metric files)."""
         with self._plots_lock:
@@ -320,8 +327,9 @@ class ExperimentStore:
         (dvclive rewrites them at every step); no images until it finishes."""
         curves = {path: live_curve(file, rev) for path, file in self.live_files(root).items()}
         reason = "still running: its images come when it finishes"
-        return Plots(curves={p: c for p, c in curves.items() if not c.empty},
-                     missing={rev: reason})  # fmt: skip
+        return Plots(
+            curves={p: c for p, c in curves.items() if not c.empty}, missing={rev: reason}
+        )
 
 
 def live_curve(file: Path, rev: str) -> pd.DataFrame:
@@ -338,11 +346,13 @@ def live_curve(file: Path, rev: str) -> pd.DataFrame:
     if "step" not in table or not values:
         return empty
     column = file.stem if file.stem in values else values[0]
-    points = pd.DataFrame({
-        "rev": rev,
-        "step": pd.to_numeric(table["step"], errors="coerce"),
-        "value": pd.to_numeric(table[column], errors="coerce"),
-    })  # fmt: skip
+    points = pd.DataFrame(
+        {
+            "rev": rev,
+            "step": pd.to_numeric(table["step"], errors="coerce"),
+            "value": pd.to_numeric(table[column], errors="coerce"),
+        }
+    )
     return points.dropna(subset=["step", "value"])
 
 

@@ -5,6 +5,7 @@ the browser draws it and reports clicks."""
 from __future__ import annotations
 
 import base64
+import functools
 import io
 from pathlib import Path
 
@@ -49,6 +50,17 @@ def image_uri(path: str | Path, max_side: int | None = None) -> str:
         else:
             data = Path(path).read_bytes()
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+@functools.lru_cache(maxsize=4096)
+def _thumbnail(file: str, stamp: tuple[int, int], side: int) -> str:
+    return image_uri(file, side)
+
+
+def thumbnail(file: str | Path, side: int) -> str:
+    """An image file as a data: URI at most `side` pixels, made once per file version."""
+    stat = Path(file).stat()
+    return _thumbnail(str(file), (stat.st_mtime_ns, stat.st_size), side)
 
 
 class Gallery(anywidget.AnyWidget):

@@ -147,8 +147,15 @@ def _snapshot(repo: Path, forced: Iterable[str] = ()) -> str:
     with _private_index(repo) as env:
         git_write(repo, "add", "--all", "--", ".", env=env)
         if forced:
-            git_write(repo, "add", "--force", "--pathspec-from-file=-", "--pathspec-file-nul",
-                      env=env, input="\0".join(forced))  # fmt: skip
+            git_write(
+                repo,
+                "add",
+                "--force",
+                "--pathspec-from-file=-",
+                "--pathspec-file-nul",
+                env=env,
+                input="\0".join(forced),
+            )
         return git_write(repo, "write-tree", env=env).strip()
 
 
@@ -167,8 +174,9 @@ def _tree_paths(repo: Path, rev: str) -> set[str]:
 
 def _differences(repo: Path, old: str, new: str) -> dict[str, str]:
     """{path: A, D, M or T} of the files that differ from tree-ish `old` to `new`."""
-    parts = _nul(git_write(repo, "diff-tree", "-r", "-z", "--no-renames", "--name-status",
-                           old, new))  # fmt: skip
+    parts = _nul(
+        git_write(repo, "diff-tree", "-r", "-z", "--no-renames", "--name-status", old, new)
+    )
     return {path: status[0] for status, path in zip(parts[::2], parts[1::2], strict=True)}
 
 
@@ -176,17 +184,22 @@ def _ignored(repo: Path, paths: list[str]) -> list[str]:
     if not paths:
         return []
     result = subprocess.run(
-        ["git", "check-ignore", "-z", "--stdin"], cwd=repo, input="\0".join(paths),
-        capture_output=True, encoding="utf-8", errors="surrogateescape",
+        ["git", "check-ignore", "-z", "--stdin"],
+        cwd=repo,
+        input="\0".join(paths),
+        capture_output=True,
+        encoding="utf-8",
+        errors="surrogateescape",
         env={**os.environ, "GIT_LITERAL_PATHSPECS": "1"},
-    )  # fmt: skip
+    )
     return _nul(result.stdout)  # exit 1 when none is ignored
 
 
 def _commit(repo: Path, tree: str, parents: list[str], message: str) -> str:
     args = [arg for parent in parents for arg in ("-p", parent)]
-    return git_write(repo, "commit-tree", tree, *args, "-F", "-", env=AUTHOR,
-                     input=message).strip()  # fmt: skip
+    return git_write(
+        repo, "commit-tree", tree, *args, "-F", "-", env=AUTHOR, input=message
+    ).strip()
 
 
 # ----- DVC outputs -------------------------------------------------------------------------------
@@ -204,10 +217,14 @@ def _outputs(repo: Path) -> tuple[dict[str, str], list[str]]:
         with Repo(str(repo)) as dvc:
             root = Path(dvc.root_dir)
             outs = sorted(
-                {Path(os.path.relpath(out.fs_path, root)).as_posix() for out in dvc.index.outs
-                 if out.use_cache},
-                key=len, reverse=True,
-            )  # fmt: skip
+                {
+                    Path(os.path.relpath(out.fs_path, root)).as_posix()
+                    for out in dvc.index.outs
+                    if out.use_cache
+                },
+                key=len,
+                reverse=True,
+            )
             status = dvc.data_status(granular=True, with_renames=False)
     except DvcException as error:
         raise DvcError(f"dvc cannot tell which outputs changed: {error}") from None
@@ -274,8 +291,11 @@ def overwritten(repo: Path, ref: str) -> Overwritten:
     in_experiment = _tree_paths(repo, rev)
     tracked = _tree_paths(repo, head) | set(_nul(git(repo, "ls-files", "-z")))
     # `git checkout --force` also overwrites ignored files the experiment tracks; no stash has them
-    candidates = [path for path in sorted(in_experiment - tracked)
-                  if (repo / path).is_file() or (repo / path).is_symlink()]  # fmt: skip
+    candidates = [
+        path
+        for path in sorted(in_experiment - tracked)
+        if (repo / path).is_file() or (repo / path).is_symlink()
+    ]
     ignored = _ignored(repo, candidates)
     workspace = _snapshot(repo, ignored)
     differs = _differences(repo, rev, workspace)  # from the experiment's version to the disk's
@@ -309,7 +329,7 @@ class UndoEntry:
             k: self.manifest["overwritten"][k]
             for k in ("experiment", "rev", "edited", "untracked", "ignored", "outputs", "missing")
         }
-        return Overwritten(**fields)  # fmt: skip
+        return Overwritten(**fields)
 
     def folder(self, repo: Path) -> Path:
         return Path(repo) / UNDO_FILES / str(self.number)
@@ -332,8 +352,9 @@ def entries(repo: Path) -> list[UndoEntry]:
             manifest = json.loads(message.split("\n", 2)[2])
         except (IndexError, ValueError):
             continue  # not one of ours
-        kept.append(UndoEntry(number, found[number]["before"], found[number].get("after"),
-                              manifest))  # fmt: skip
+        kept.append(
+            UndoEntry(number, found[number]["before"], found[number].get("after"), manifest)
+        )
     return kept
 
 
@@ -422,8 +443,9 @@ def apply(
         try:
             run_dvc(["exp", "apply", "--", ref], repo, write=True, started=started)
         except DvcError as error:
-            raise DvcError(f"{error}. The workspace as it was before is kept: Undo brings it "
-                           "back") from error  # fmt: skip
+            raise DvcError(
+                f"{error}. The workspace as it was before is kept: Undo brings it back"
+            ) from error
         finally:
             with contextlib.suppress(DvcError):  # never hides why the apply failed
                 _mark_after(repo, number, before)
@@ -500,8 +522,15 @@ def undo(
         if plan.write:
             with _private_index(repo, copy=False) as env:
                 git_write(repo, "read-tree", entry.before, env=env)
-                git_write(repo, "checkout-index", "--force", "-z", "--stdin", env=env,
-                          input="\0".join(plan.write))  # fmt: skip
+                git_write(
+                    repo,
+                    "checkout-index",
+                    "--force",
+                    "-z",
+                    "--stdin",
+                    env=env,
+                    input="\0".join(plan.write),
+                )
         for path in plan.delete:
             _remove(repo / path)
             parent = (repo / path).parent
@@ -512,8 +541,9 @@ def undo(
             git_write(repo, "read-tree", entry.manifest["index"])
             git(repo, "update-index", "-q", "--refresh")
         # the outputs dvc.lock records come back from the cache; the changed ones from the copies
-        run_dvc(["checkout", "--force", "--allow-missing", "-q"], repo, write=True,
-                started=started)  # fmt: skip
+        run_dvc(
+            ["checkout", "--force", "--allow-missing", "-q"], repo, write=True, started=started
+        )
         folder = entry.folder(repo)
         for out in entry.manifest.get("outputs_saved", []):
             kept = folder / "outputs" / out

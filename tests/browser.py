@@ -20,15 +20,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def chromium_path() -> str:
     """Debian's chromium; an error saying how to get it when it is not installed."""
-    for name in ("/usr/bin/chromium", shutil.which("chromium") or "",
-                 shutil.which("chromium-browser") or ""):  # fmt: skip
+    for name in (
+        "/usr/bin/chromium",
+        shutil.which("chromium") or "",
+        shutil.which("chromium-browser") or "",
+    ):
         if name and Path(name).exists():
             return name
     raise RuntimeError(
@@ -74,15 +82,33 @@ def printed_address(text: str) -> str | None:
 
 
 @contextmanager
-def voila_server(repo: Path, log: Path, pool_size: int = 1, timeout: float = 120,
-                 token: str | None = None, no_token: bool = False, host: str = "127.0.0.1",
-                 max_kernels: int | None = None, cull_seconds: int | None = None,
-                 ) -> Iterator[Served]:  # fmt: skip
+def voila_server(
+    repo: Path,
+    log: Path,
+    pool_size: int = 1,
+    timeout: float = 120,
+    token: str | None = None,
+    no_token: bool = False,
+    host: str = "127.0.0.1",
+    max_kernels: int | None = None,
+    cull_seconds: int | None = None,
+) -> Iterator[Served]:
     """Serve the dashboard of `repo` on a free port as `make dashboard` does (`python -m
     dashboard.serve`, a token given in $DASHBOARD_TOKEN, else the random one it prints)."""
     port = free_port()
-    command = [sys.executable, "-m", "dashboard.serve", "--repo", str(repo), "--host", host,
-               "--port", str(port), "--pool-size", str(pool_size)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "dashboard.serve",
+        "--repo",
+        str(repo),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--pool-size",
+        str(pool_size),
+    ]
     if no_token:
         command.append("--no-token")
     if max_kernels is not None:
@@ -94,16 +120,19 @@ def voila_server(repo: Path, log: Path, pool_size: int = 1, timeout: float = 120
     if token:
         env["DASHBOARD_TOKEN"] = token
     with log.open("w") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)  # fmt: skip
+        process = subprocess.Popen(
+            command, env=env, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         base = f"http://127.0.0.1:{port}/"
         try:
             deadline = time.monotonic() + timeout
             url = None
             while True:
                 if process.poll() is not None:
-                    raise RuntimeError(f"dashboard.serve exited ({process.returncode}):\n"
-                                       f"{log.read_text()[-3000:]}")  # fmt: skip
+                    raise RuntimeError(
+                        f"dashboard.serve exited ({process.returncode}):\n"
+                        f"{log.read_text()[-3000:]}"
+                    )
                 url = url or printed_address(log.read_text())
                 if url and answers(base + "voila/static/voila.js"):
                     break

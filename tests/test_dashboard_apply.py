@@ -153,24 +153,23 @@ def test_the_list_is_exact(repo: Path):
 
 def confirm_text(app: Dashboard) -> str:
     """The question's text, as a person reads it (no tags)."""
-    return html.unescape(re.sub(r"<[^>]+>", "", app.manage.confirm_box.children[0].value))
+    return html.unescape(re.sub(r"<[^>]+>", "", app.panels.actions.question.value))
 
 
 def click_confirm(app: Dashboard) -> None:
-    app.manage.confirm_box.children[1].children[0].click()
-    app.manage.wait_for_work(300)
+    app.panels.actions.confirm_yes.click()
+    app.wait_for_work(300)
 
 
 def test_the_page_lists_rechecks_at_confirm_applies_and_undoes(repo: Path):
     app = Dashboard(repo, watch=False)
-    manage = app.manage
-    assert manage.undo_button.layout.display == "none"
+    assert app.panels.actions.undo_button.layout.display == "none"
     edit_params(repo, 5)
     (repo / "notes.txt").write_text("mine\n")
     (repo / IMAGE).write_bytes(b"my own picture")
     app.refresh(force=True)
     app.pick(["withnotes"])
-    manage.apply_button.click()
+    app.panels.actions.apply_button.click()
     question = confirm_text(app)
     assert "Edited files: params.yaml" in question
     assert "Untracked files that the experiment also has: notes.txt" in question
@@ -184,25 +183,25 @@ def test_the_page_lists_rechecks_at_confirm_applies_and_undoes(repo: Path):
     again = confirm_text(app)
     assert "changed since you were asked (stage.py)" in again, again
     assert "Edited files: params.yaml, stage.py" in again
-    assert "Nothing applied" in manage.status.value
+    assert "Nothing applied" in app.panels.header.status.value
 
     click_confirm(app)
-    assert "Applied withnotes" in manage.status.value, manage.status.value
+    assert "Applied withnotes" in app.panels.header.status.value, app.panels.header.status.value
     assert rank(repo) == 2 and (repo / "notes.txt").read_text() == "the experiment's notes\n"
-    assert manage.undo_button.layout.display is None
-    assert manage.cancel_button.layout.display == "none"
+    assert app.panels.actions.undo_button.layout.display is None
+    assert app.panels.actions.cancel_button.layout.display == "none"
 
-    manage.undo_button.click()
+    app.panels.actions.undo_button.click()
     asked = confirm_text(app)
     assert "Undo the Apply of withnotes" in asked
     assert "params.yaml, stage.py" in asked and "notes.txt" in asked
     assert "outputs/generated" in asked and "Changed since the Apply" not in asked
     click_confirm(app)
-    assert "Undone" in manage.status.value, manage.status.value
+    assert "Undone" in app.panels.header.status.value, app.panels.header.status.value
     assert rank(repo) == 5 and (repo / "notes.txt").read_text() == "mine\n"
     assert (repo / "stage.py").read_text().endswith("# edited meanwhile\n")
     assert (repo / IMAGE).read_bytes() == b"my own picture"
-    assert manage.undo_button.layout.display == "none"
+    assert app.panels.actions.undo_button.layout.display == "none"
 
 
 def test_an_experiment_named_like_the_branch_is_applied_not_the_branch(repo: Path):
@@ -210,12 +209,14 @@ def test_an_experiment_named_like_the_branch_is_applied_not_the_branch(repo: Pat
     experiment main (rank 16), by its ref."""
     edit_params(repo, 5)
     app = Dashboard(repo, watch=False)
-    rows = app.frame[(app.frame["kind"] == "experiment") & (app.frame["name"] == "main")]
+    rows = app.state.frame[
+        (app.state.frame["kind"] == "experiment") & (app.state.frame["name"] == "main")
+    ]
     app.pick([rows["id"].iloc[0]])
-    app.manage.apply_button.click()
+    app.panels.actions.apply_button.click()
     assert "Edited files: params.yaml" in confirm_text(app)
     click_confirm(app)
-    assert "Applied main" in app.manage.status.value, app.manage.status.value
+    assert "Applied main" in app.panels.header.status.value, app.panels.header.status.value
     assert rank(repo) == 16
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["quick"]["params"]["params.yaml"]["train_lora"]["rank"] == 16

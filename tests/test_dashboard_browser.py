@@ -49,6 +49,11 @@ def row(page: Page, name: str):
     return page.locator(f'.xt-row[data-name="{name}"]')
 
 
+def tab(page: Page, name: str) -> None:
+    """Show one tab of the page (Experiments, Run experiments; Pokémon, Training curves, ...)."""
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
 def gallery_labels(page: Page) -> list[str]:
     return page.locator(".gl-col .gl-label").all_inner_texts()
 
@@ -86,6 +91,7 @@ def test_picking_two_experiments_shows_both_columns_of_images(page: Page):
     expect(page.locator(".gl-caption")).to_contain_text("rank-8 · base")
     page.keyboard.press("Escape")
     expect(page.locator(".gl-overlay.gl-open")).to_have_count(0)
+    tab(page, "Training curves")
     for name in ("rank-8", "rank-16"):  # both curves, in the legend of the training curves
         legend = page.locator(".js-plotly-plot .legendtext").filter(has_text=name)
         expect(legend.first).to_be_attached(timeout=WAIT)
@@ -119,6 +125,42 @@ def test_export_to_csv_downloads_the_table_as_shown(page: Page):
     assert len(rows) == 5 and {"name", "train_lora.rank", "type_fidelity_lora"} <= set(rows[0])
 
 
+def test_the_first_view_shows_key_metrics_and_the_workspace_pokemon(browser, tmp_path: Path):
+    """Right after `make demo` (the workspace and its commit, no experiment yet), without a
+    click: the key metrics of every row with their intervals, the workspace picked, and its
+    Pokémon beside the table, in view."""
+    from tests.quick_repo import make_quick_repo
+
+    repo = make_quick_repo(tmp_path / "repo")
+    with voila_server(repo, tmp_path / "voila.log") as served:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(served.url)
+        page.wait_for_selector(".xt-row", timeout=WAIT)
+        workspace = row(page, "workspace")
+        expect(workspace).to_have_class(re.compile("xt-picked"))
+        columns = page.locator(".xt-table th").evaluate_all(
+            "cells => cells.map(c => c.dataset.column || '')"
+        )
+        keys = ["type_fidelity_base", "type_fidelity_lora", "lift", "f1", "final_loss"]
+        assert columns[1:4] == ["name", "state", "created"] and columns[4:9] == keys, columns
+        for name in ("workspace", "main"):
+            cells = row(page, name).locator("td").all_inner_texts()
+            values = {key: cells[columns.index(key)] for key in keys}
+            assert all(re.match(r"-?\d", text) for text in values.values()), values
+            for key in ("type_fidelity_base", "type_fidelity_lora"):
+                assert re.fullmatch(r"[\d.]+ \[[\d.]+, [\d.]+\]", values[key]), values
+        labels = page.locator(".gl-col .gl-label")
+        expect(labels).to_have_text(["workspace · base", "workspace · LoRA"], timeout=WAIT)
+        thumbs = page.locator(".gl-thumb")
+        expect(thumbs).to_have_count(2 * 12)
+        expect(thumbs.first).to_be_in_viewport()
+        table, image = page.locator(".xt").bounding_box(), thumbs.first.bounding_box()
+        assert image["x"] >= table["x"] + table["width"] - 1  # beside the table, not below
+        expect(workspace.locator("img.xt-thumb")).to_have_count(1)  # its picture in the table
+        assert page.locator(".launch-form").is_hidden()  # the form waits in its own tab
+        page.close()
+
+
 def test_not_a_dvc_repository_is_said_in_the_page(browser, tmp_path: Path):
     with voila_server(tmp_path, tmp_path / "voila.log", pool_size=0) as served:
         page = browser.new_page()
@@ -140,6 +182,7 @@ def test_launch_a_grid_watch_it_run_and_apply_one(browser, tmp_path: Path):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(served.url)
             page.wait_for_selector(".xt-row", timeout=WAIT)
+            tab(page, "Run experiments")  # the form and the queue have a tab of their own
             form = page.locator(".launch-form")
             form.get_by_text("train_lora", exact=True).click()
             rank = page.locator(".param-train_lora-rank input")
@@ -148,18 +191,22 @@ def test_launch_a_grid_watch_it_run_and_apply_one(browser, tmp_path: Path):
             expect(page.locator(".launch-summary")).to_have_attribute("data-count", "2")
             page.get_by_placeholder("optional: name", exact=False).fill("grid")
             form.locator("button", has_text="Queue").click()
-            expect(page.locator(".action-done")).to_contain_text("Queued 2: grid-1, grid-2",
-                                                                 timeout=WAIT)  # fmt: skip
+            expect(page.locator(".action-done")).to_contain_text(
+                "Queued 2: grid-1, grid-2", timeout=WAIT
+            )
             expect(row(page, "grid-1")).to_have_class(re.compile("xt-state-queued"))
             page.locator("button", has_text="Start queue").click()
             for name in ("grid-1", "grid-2"):
-                expect(row(page, name)).to_have_class(re.compile("xt-state-success"),
-                                                      timeout=180_000)  # fmt: skip
+                expect(row(page, name)).to_have_class(
+                    re.compile("xt-state-success"), timeout=180_000
+                )
                 # picked as it finishes: its Pokémon and its curve appear without a click
-                expect(page.locator(".gl-col .gl-label").filter(has_text=f"{name} · LoRA")
-                       ).to_have_count(1, timeout=WAIT)  # fmt: skip
+                expect(
+                    page.locator(".gl-col .gl-label").filter(has_text=f"{name} · LoRA")
+                ).to_have_count(1, timeout=WAIT)
                 legend = page.locator(".js-plotly-plot .legendtext").filter(has_text=name)
                 expect(legend.first).to_be_attached(timeout=WAIT)
+            tab(page, "Experiments")
             page.locator("button", has_text="Clear picks").click()
             expect(page.locator(".xt-row.xt-picked")).to_have_count(0, timeout=WAIT)
             row(page, "grid-2").click()

@@ -32,14 +32,21 @@ def load(name: str):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {
-        "a.b": 1, "a.c.d": [1, 2], "e": None,
-    }  # fmt: skip
+        "a.b": 1,
+        "a.c.d": [1, 2],
+        "e": None,
+    }
 
 
 def test_one_row_per_workspace_baseline_and_experiment():
     frame = experiments_frame(load("exp_show.json"))
-    assert frame["kind"].tolist() == ["workspace", "baseline", "experiment", "experiment",
-                                      "experiment"]  # fmt: skip
+    assert frame["kind"].tolist() == [
+        "workspace",
+        "baseline",
+        "experiment",
+        "experiment",
+        "experiment",
+    ]
     by_name = frame.set_index("name")
     assert by_name.loc["rank-8", "train_lora.rank"] == 8
     assert by_name.loc["lr-high", "train_lora.learning_rate"] == 0.002
@@ -122,11 +129,23 @@ def test_filter_by_param_and_metric_expressions():
 
 @pytest.mark.parametrize(
     "expression",
-    ["rank >>= 3", "no_such_column > 1", "train_lora.rank", "train_lora.rank >=", "`nope` > 1",
-     "9 ** 9 ** 9 ** 9 > 1", "name * 100000000 == 'x'", "lift is None", "name.str.lower() == 'x'",
-     "name.str.contains(name)", "train_lora.rank in lift", "b'x' == name", "{'a': 1}",
-     "not " * 2000 + "lift > 0"],
-)  # fmt: skip
+    [
+        "rank >>= 3",
+        "no_such_column > 1",
+        "train_lora.rank",
+        "train_lora.rank >=",
+        "`nope` > 1",
+        "9 ** 9 ** 9 ** 9 > 1",
+        "name * 100000000 == 'x'",
+        "lift is None",
+        "name.str.lower() == 'x'",
+        "name.str.contains(name)",
+        "train_lora.rank in lift",
+        "b'x' == name",
+        "{'a': 1}",
+        "not " * 2000 + "lift > 0",
+    ],
+)
 def test_bad_filters_say_why(expression):
     frame = experiments_frame(load("exp_show.json"))
     with pytest.raises(FilterError, match="cannot filter by"):
@@ -257,18 +276,21 @@ def test_only_columns_that_differ():
     assert set(differing) == {"train_lora.rank", "train_lora.learning_rate"}
     # a queued or failed experiment has no metrics: an empty cell is not a difference
     assert frame["lift"].isna().any() and differing_columns(frame, ["lift", "f1"]) == []
-    partial = pd.DataFrame({"same": [1.0, None, 1.0], "text": ["a", None, "a"],
-                            "other": ["a", None, "b"]})  # fmt: skip
+    partial = pd.DataFrame(
+        {"same": [1.0, None, 1.0], "text": ["a", None, "a"], "other": ["a", None, "b"]}
+    )
     assert differing_columns(partial, ["same", "text", "other"]) == ["other"]
 
 
 def test_a_running_task_is_lost_only_when_its_process_ended_without_an_exit_status():
-    frame = pd.DataFrame({
-        "id": ["working", "collecting", "lost", "queued"],
-        "state": ["running", "running", "running", "queued"],
-        "pid": [11, 12, 13, None],
-        "error": [None] * 4,
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "id": ["working", "collecting", "lost", "queued"],
+            "state": ["running", "running", "running", "queued"],
+            "pid": [11, 12, 13, None],
+            "error": [None] * 4,
+        }
+    )
     marked = mark_lost(frame, alive=lambda pid: pid == 11, exited=lambda rev: rev == "collecting")
     assert marked["state"].tolist() == ["running", "running", "lost", "queued"]
     assert "process 13 is gone" in marked.set_index("id").loc["lost", "error"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from dashboard import store as store_module
-from dashboard.app import Dashboard, _digest
+from dashboard.app import Dashboard, digest
 from dashboard.store import WORKSPACE, ExperimentStore, Plots
 from tests.quick_repo import make_quick_repo, run
 
@@ -71,13 +71,13 @@ def test_a_workspace_link_to_a_private_file_is_not_shown_and_the_page_says_why(t
     assert copies and secret.read_bytes() not in copies
 
     app = Dashboard(repo, watch=False)  # no experiments: the workspace is picked
-    assert app.picked == [WORKSPACE]
-    cells = [cell for row in app.gallery.rows for cell in row["cells"]]
+    assert app.state.picked == [WORKSPACE]
+    cells = [cell for row in app.panels.gallery.gallery.rows for cell in row["cells"]]
     assert not any(
         base64.b64encode(secret.read_bytes()).decode() in c.get("src", "") for c in cells
     )
-    row = next(r for r in app.gallery.rows if r["label"] == "a pokemon · seed 0")
-    lora = [c["label"] for c in app.gallery.columns].index("workspace · LoRA")
+    row = next(r for r in app.panels.gallery.gallery.rows if r["label"] == "a pokemon · seed 0")
+    lora = [c["label"] for c in app.panels.gallery.gallery.columns].index("workspace · LoRA")
     assert "outside the repository" in row["cells"][lora]["missing"]
 
 
@@ -118,10 +118,13 @@ def test_crafted_plot_paths_in_dvc_plots_diff_are_refused(tmp_path: Path, monkey
             (out / name).write_bytes(secret.read_bytes())  # as DVC copies what it read
             entry = {"type": "image", "revisions": [WORKSPACE], "url": str(out / name)}
             data[plot] = [entry]
-        data["../../secret.tsv"] = [{
-            "type": "vega", "revisions": [WORKSPACE],
-            "content": {"data": {"values": [{"step": "0", "loss": "7", "rev": WORKSPACE}]}},
-        }]  # fmt: skip
+        data["../../secret.tsv"] = [
+            {
+                "type": "vega",
+                "revisions": [WORKSPACE],
+                "content": {"data": {"values": [{"step": "0", "loss": "7", "rev": WORKSPACE}]}},
+            }
+        ]
         return {"data": data}
 
     monkeypatch.setattr(store_module, "_plots_diff", plots_diff)
@@ -151,8 +154,9 @@ def test_a_queue_tasks_curves_stay_inside_its_folder(tmp_path: Path):
         "outputs/link.tsv",
         "../../../../inner.tsv",
     ]
-    store._plots = {"read": Plots(curves={path: store_module.live_curve(root / CURVE, "x")
-                                          for path in paths})}  # fmt: skip
+    store._plots = {
+        "read": Plots(curves={path: store_module.live_curve(root / CURVE, "x") for path in paths})
+    }
     assert store.live_files(root) == {CURVE: root / CURVE}
     curves = store.live_plots("task", root).curves
     assert list(curves) == [CURVE] and curves[CURVE]["value"].tolist() == [0.5]
@@ -174,12 +178,12 @@ def test_digest_reads_no_file_outside_the_repository(tmp_path: Path, monkeypatch
     read = []
     read_bytes = Path.read_bytes
     monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self) or read_bytes(self))
-    assert _digest(str(secret), store) is None
-    assert _digest(str(repo / "link.png"), store) is None
-    assert _digest(str(repo / ".." / "private.png"), store) is None
+    assert digest(str(secret), store) is None
+    assert digest(str(repo / "link.png"), store) is None
+    assert digest(str(repo / ".." / "private.png"), store) is None
     assert read == []
-    assert _digest(str(inside), store) is not None and read == [inside.resolve()]
-    assert _digest(None, store) is None
+    assert digest(str(inside), store) is not None and read == [inside.resolve()]
+    assert digest(None, store) is None
 
 
 def test_plots_read_while_the_watcher_lists_them(tmp_path: Path, monkeypatch):

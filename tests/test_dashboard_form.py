@@ -60,8 +60,9 @@ def test_a_grid_of_two_params_queues_four_named_experiments(form: LaunchForm):
     assert [launch.name for launch in launches] == ["grid-1", "grid-2", "grid-3", "grid-4"]
     assert [launch.assignments for launch in launches] == [
         {"train_lora.rank": r, "train_lora.learning_rate": lr}
-        for r in (4, 8) for lr in (1e-4, 5e-4)
-    ]  # fmt: skip
+        for r in (4, 8)
+        for lr in (1e-4, 5e-4)
+    ]
     assert form.inputs["train_lora.rank"].value == "4"  # the form resets after queueing
 
 
@@ -126,8 +127,9 @@ def test_values_are_read_as_dvc_reads_them():
 def test_grid_names_and_checks():
     launches = expand_grid({"x.a": [1, 2], "x.b": [3]}, "g")
     assert [(launch.name, launch.assignments) for launch in launches] == [
-        ("g-1", {"x.a": 1, "x.b": 3}), ("g-2", {"x.a": 2, "x.b": 3}),
-    ]  # fmt: skip
+        ("g-1", {"x.a": 1, "x.b": 3}),
+        ("g-2", {"x.a": 2, "x.b": 3}),
+    ]
     assert expand_grid({"x.a": [1]}, "one")[0].name == "one"
     assert Launch({"x.a": 1}).args() == ["-S", "x.a=1"]
     with pytest.raises(ValueError, match="not allowed"):

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def states(app: Dashboard) -> dict[str, str]:
-    experiments = app.frame[app.frame["kind"] == "experiment"]
+    experiments = app.state.frame[app.state.frame["kind"] == "experiment"]
     assert experiments["name"].is_unique, experiments[["name", "state"]]
     return dict(zip(experiments["name"], experiments["state"], strict=True))
 
@@ -55,75 +55,79 @@ def app(tmp_path: Path):
 
 
 def test_queue_a_grid_run_it_and_apply_one(app: Dashboard):
-    manage, repo = app.manage, app.store.path
-    manage.form.inputs["train_lora.rank"].value = "8, 16"
-    manage.form.name.value = "grid"
-    manage.form.queue_button.click()
-    assert "Queued 2: grid-1, grid-2" in manage.status.value
+    repo = app.store.path
+    app.panels.launch.form.inputs["train_lora.rank"].value = "8, 16"
+    app.panels.launch.form.name.value = "grid"
+    app.panels.launch.form.queue_button.click()
+    assert "Queued 2: grid-1, grid-2" in app.panels.header.status.value
     assert states(app) == {"grid-1": "queued", "grid-2": "queued"}
-    assert "data-queued='2'" in manage.queue_info.value
-    manage.start_button.click()
-    assert "Queue started" in manage.status.value, manage.status.value
+    assert "data-queued='2'" in app.panels.queue.info.value
+    app.panels.queue.start_button.click()
+    assert "Queue started" in app.panels.header.status.value, app.panels.header.status.value
     wait_for(app, lambda: states(app) == {"grid-1": "success", "grid-2": "success"})
-    ids = app.frame.set_index("name").loc[["grid-1", "grid-2"], "id"].tolist()
-    assert "0 queued, 0 running, 2 succeeded, 0 failed" in manage.queue_info.value
-    assert set(ids) <= set(app.picked)  # launched here: picked as they finished, and compared
-    assert set(ids) <= set(app.plots.images["rev"])
-    drawn = {t.name for t in app.curves.figure.data if t.showlegend is not False}
+    ids = app.state.frame.set_index("name").loc[["grid-1", "grid-2"], "id"].tolist()
+    assert "0 queued, 0 running, 2 succeeded, 0 failed" in app.panels.queue.info.value
+    assert set(ids) <= set(
+        app.state.picked
+    )  # launched here: picked as they finished, and compared
+    assert set(ids) <= set(app.state.plots.images["rev"])
+    drawn = {t.name for t in app.panels.curves.plot.figure.data if t.showlegend is not False}
     assert {"grid-1", "grid-2"} <= drawn
-    ranks = app.frame.set_index("name")["train_lora.rank"]
+    ranks = app.state.frame.set_index("name")["train_lora.rank"]
     assert (ranks["grid-1"], ranks["grid-2"]) == (8, 16)
-    assert app.frame.set_index("name").loc["grid-2", "type_fidelity_lora"] > 0
+    assert app.state.frame.set_index("name").loc["grid-2", "type_fidelity_lora"] > 0
 
     app.pick(["grid-2"])
-    manage.apply_button.click()
-    question = html.unescape(manage.confirm_box.children[0].value)
+    app.panels.actions.apply_button.click()
+    question = html.unescape(app.panels.actions.question.value)
     assert "Apply grid-2" in question.replace("<b>", "").replace("</b>", "")
     assert "train_lora.rank: 4 → 16" in question
-    manage.confirm_box.children[1].children[0].click()  # Confirm
-    manage.wait_for_work(300)  # the apply runs in the background (the page stays live)
-    assert "Applied grid-2" in manage.status.value, manage.status.value
+    app.panels.actions.confirm_yes.click()  # Confirm
+    app.wait_for_work(300)  # the apply runs in the background (the page stays live)
+    assert "Applied grid-2" in app.panels.header.status.value, app.panels.header.status.value
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["train_lora"]["rank"] == 16
-    workspace = app.frame[app.frame["kind"] == "workspace"].iloc[0]
+    workspace = app.state.frame[app.state.frame["kind"] == "workspace"].iloc[0]
     assert workspace["train_lora.rank"] == 16
 
     app.pick(["grid-1"])
-    manage.new_name.value = "rank-eight"
-    manage.rename_button.click()
-    assert "Renamed grid-1 to rank-eight" in manage.status.value, manage.status.value
+    app.panels.actions.new_name.value = "rank-eight"
+    app.panels.actions.rename_button.click()
+    assert "Renamed grid-1 to rank-eight" in app.panels.header.status.value, (
+        app.panels.header.status.value
+    )
     app.pick(["rank-eight"])
-    manage.branch_name.value = "rank-eight-branch"
-    manage.branch_button.click()
+    app.panels.actions.branch_name.value = "rank-eight-branch"
+    app.panels.actions.branch_button.click()
     assert "rank-eight-branch" in run(repo, "git", "branch", "--list")
-    manage.ask_remove()
-    assert "rank-eight" in manage.confirm_box.children[0].value
-    manage.confirm_box.children[1].children[0].click()
+    app.panels.actions.remove_button.click()
+    assert "rank-eight" in app.panels.actions.question.value
+    app.panels.actions.confirm_yes.click()
     assert set(states(app)) == {"grid-2"}
 
 
 def test_experiments_stay_listed_when_head_moves_while_they_run(app: Dashboard):
     """Experiments belong to the commit they were queued on; a commit made meanwhile moves HEAD,
     and `dvc exp show` (HEAD's experiments) would drop them from the table."""
-    repo, manage = app.store.path, app.manage
-    manage.queue([actions.Launch({"train_lora.rank": r}, f"r{r}") for r in (2, 8)])
-    queued_on = app.frame.set_index("name").loc["r2", "parent"]
+    repo = app.store.path
+    app.queue([actions.Launch({"train_lora.rank": r}, f"r{r}") for r in (2, 8)])
+    queued_on = app.state.frame.set_index("name").loc["r2", "parent"]
     (repo / "notes.txt").write_text("a commit made while experiments are queued\n")
     run(repo, "git", "add", "notes.txt")
     run(repo, "git", "commit", "-qm", "notes")
     app.refresh()
     assert states(app) == {"r2": "queued", "r8": "queued"}
-    manage.start_button.click()
+    app.panels.queue.start_button.click()
     wait_for(app, lambda: states(app) == {"r2": "success", "r8": "success"})
-    rows = app.frame.set_index("name")
+    rows = app.state.frame.set_index("name")
     assert set(rows.loc[["r2", "r8"], "parent"]) == {queued_on}
     assert rows.loc["r8", "train_lora.rank"] == 8
-    baselines = app.frame[app.frame["kind"] == "baseline"]
+    baselines = app.state.frame[app.state.frame["kind"] == "baseline"]
     assert len(baselines) == 2 and queued_on in set(baselines["id"])
     # a fresh page shows HEAD's experiments only (none yet); "all branches and commits" has them
     fresh = Dashboard(repo, watch=False)
     assert states(fresh) == {}
-    fresh.all_commits.value = True
+    fresh.panels.table.all_commits.value = True
     assert states(fresh) == {"r2": "success", "r8": "success"}
 
 
@@ -131,17 +135,18 @@ def test_a_running_experiment_shows_its_curve_as_it_grows(app: Dashboard):
     """Queued from the page, an experiment is picked as it starts: its loss curve so far is read
     from the folder its queue task runs in, and it stays picked when it finishes (and its id
     changes from the queue entry to the experiment's commit)."""
-    manage = app.manage
-    manage.queue([actions.Launch({"train_lora.max_steps": 20000}, "slow")])  # a 10 s run
-    manage.start_button.click()
+    app.queue([actions.Launch({"train_lora.max_steps": 20000}, "slow")])  # a 10 s run
+    app.panels.queue.start_button.click()
     wait_for(app, lambda: states(app).get("slow") == "running")
-    running = app.frame.set_index("name").loc["slow"]
-    assert running["id"] in app.picked and Path(running["root"]).is_relative_to(app.store.path)
+    running = app.state.frame.set_index("name").loc["slow"]
+    assert running["id"] in app.state.picked and Path(running["root"]).is_relative_to(
+        app.store.path
+    )
 
     def curve() -> pd.DataFrame:
-        app.draw_comparison()  # what the watcher does when the curve file changes
-        path = next(p for p in app.plots.curves if p.endswith("loss.tsv"))
-        points = app.plots.curves[path]
+        app.compare()  # what the watcher does when the curve file changes
+        path = next(p for p in app.state.plots.curves if p.endswith("loss.tsv"))
+        points = app.state.plots.curves[path]
         return points[points["rev"] == running["id"]]
 
     deadline = time.monotonic() + 60
@@ -150,60 +155,71 @@ def test_a_running_experiment_shows_its_curve_as_it_grows(app: Dashboard):
     signature = app.live_signature()  # before the read: a file grown after it reads as changed
     first = len(curve())
     assert 0 < first < 20000 and states(app)["slow"] == "running"
-    assert "slow" in {t.name for t in app.curves.figure.data}
-    missing = [cell["missing"] for row in app.gallery.rows for cell in row["cells"]
-               if "missing" in cell]  # fmt: skip
+    assert "slow" in {t.name for t in app.panels.curves.plot.figure.data}
+    missing = [
+        cell["missing"]
+        for row in app.panels.gallery.gallery.rows
+        for cell in row["cells"]
+        if "missing" in cell
+    ]
     assert missing and "still running" in missing[0]
     while len(curve()) == first and states(app)["slow"] == "running":
         time.sleep(0.3)
     assert app.live_signature() != signature or states(app)["slow"] != "running"
     wait_for(app, lambda: states(app).get("slow") == "success")
-    finished = app.frame.set_index("name").loc["slow", "id"]
-    assert finished != running["id"] and finished in app.picked
-    path = next(p for p in app.plots.curves if p.endswith("loss.tsv"))
-    assert (app.plots.curves[path]["rev"] == finished).sum() == 20000
+    finished = app.state.frame.set_index("name").loc["slow", "id"]
+    assert finished != running["id"] and finished in app.state.picked
+    path = next(p for p in app.state.plots.curves if p.endswith("loss.tsv"))
+    assert (app.state.plots.curves[path]["rev"] == finished).sum() == 20000
 
 
 def test_apply_warns_of_uncommitted_changes(app: Dashboard):
     repo = app.store.path
     actions.queue(repo, [actions.Launch({"train_lora.rank": 8}, "eight")])
-    app.manage.start_queue()
+    app.start_queue(1)
     wait_for(app, lambda: states(app) == {"eight": "success"})
     (repo / "stage.py").write_text((repo / "stage.py").read_text() + "\n# edited\n")
     app.pick(["eight"])
-    app.manage.apply_button.click()
-    warning = app.manage.confirm_box.children[0].value
+    app.panels.actions.apply_button.click()
+    warning = app.panels.actions.question.value
     assert "Edited files: stage.py" in warning and "Undo" in warning
-    app.manage.confirm_box.children[1].children[1].click()  # Cancel
-    assert app.manage.confirm_box.children == ()
+    app.panels.actions.confirm_no.click()  # Cancel
+    assert app.state.question is None
     assert "edited" in (repo / "stage.py").read_text()
 
 
 def test_a_failing_stage_and_an_interrupted_run_are_reported(app: Dashboard):
-    repo, manage = app.store.path, app.manage
-    actions.queue(repo, [
-        actions.Launch({"train_lora.rank": 0}, "broken"),  # the stage exits with an error
-        actions.Launch({"train_lora.max_steps": 20000}, "slow"),  # 10 s: time to interrupt it
-        actions.Launch({"train_lora.rank": 2}, "fine"),
-    ])  # fmt: skip
-    manage.jobs.value = 2
-    manage.start_button.click()
+    repo = app.store.path
+    actions.queue(
+        repo,
+        [
+            actions.Launch({"train_lora.rank": 0}, "broken"),  # the stage exits with an error
+            actions.Launch({"train_lora.max_steps": 20000}, "slow"),  # 10 s: time to interrupt it
+            actions.Launch({"train_lora.rank": 2}, "fine"),
+        ],
+    )
+    app.panels.queue.jobs.value = 2
+    app.panels.queue.start_button.click()
     wait_for(app, lambda: states(app).get("slow") == "running")
     app.pick(["slow"])
-    manage.kill_button.click()
-    assert "Interrupted slow" in manage.status.value, manage.status.value
-    wait_for(app, lambda: set(states(app).values()) <= {"success", "failed"}
-             and len(states(app)) == 3)  # fmt: skip
+    app.panels.queue.kill_button.click()
+    assert "Interrupted slow" in app.panels.header.status.value, app.panels.header.status.value
+    wait_for(
+        app, lambda: set(states(app).values()) <= {"success", "failed"} and len(states(app)) == 3
+    )
     assert states(app) == {"broken": "failed", "slow": "failed", "fine": "success"}
-    app.apply_view()
-    assert "broken" in app.count.value and "must be positive" in html.unescape(app.count.value)
-    assert "failed" in app.count.value
-    app.table.sort = {"column": "name", "descending": False}  # the page keeps working
-    assert [app.table.row_info[i]["name"] for i in app.table.order][:3] == ["broken", "fine",
-                                                                            "main"]  # fmt: skip
-    assert app.frame.set_index("name").loc["fine", "train_lora.rank"] == 2
-    assert app.frame.set_index("name").loc["broken", "train_lora.rank"] == 0
-    assert math.isnan(app.frame.set_index("name").loc["broken", "type_fidelity_lora"])
+    app.render_table()
+    assert "broken" in app.panels.table.count.value and "must be positive" in html.unescape(
+        app.panels.table.count.value
+    )
+    assert "failed" in app.panels.table.count.value
+    app.panels.table.table.sort = {"column": "name", "descending": False}  # the page keeps working
+    assert [app.panels.table.table.row_info[i]["name"] for i in app.panels.table.table.order][
+        :3
+    ] == ["broken", "fine", "main"]
+    assert app.state.frame.set_index("name").loc["fine", "train_lora.rank"] == 2
+    assert app.state.frame.set_index("name").loc["broken", "train_lora.rank"] == 0
+    assert math.isnan(app.state.frame.set_index("name").loc["broken", "type_fidelity_lora"])
 
 
 def test_values_reach_dvc_as_literal_strings(app: Dashboard, tmp_path: Path):
@@ -212,7 +228,7 @@ def test_values_reach_dvc_as_literal_strings(app: Dashboard, tmp_path: Path):
     value = f"$(touch {marker}); `touch {marker}`"
     actions.queue(repo, [actions.Launch({"train_lora.validation_prompt": value}, "literal")])
     app.refresh(force=True)
-    row = app.frame.set_index("name").loc["literal"]
+    row = app.state.frame.set_index("name").loc["literal"]
     assert row["train_lora.validation_prompt"] == value
     assert not marker.exists()
 
@@ -225,17 +241,16 @@ def _parent(pid: int) -> int:
 def test_twenty_queued_at_once_with_a_failing_stage(app: Dashboard):
     """Twenty experiments queued at once on two workers, one stage fails: each state is reported
     as it is (never "lost" while a worker collects a result), and every result is its own."""
-    manage = app.manage
     rates = {f"q-{n:02d}": round(1e-5 * n, 8) for n in range(1, 20)}
     launches = [
         actions.Launch({"train_lora.learning_rate": lr}, name) for name, lr in rates.items()
     ]
     launches.insert(3, actions.Launch({"train_lora.rank": 0}, "broken"))
-    manage.queue(launches)
+    app.queue(launches)
     assert len(states(app)) == 20 and set(states(app).values()) == {"queued"}
-    assert "data-queued='20'" in manage.queue_info.value
-    manage.jobs.value = 2
-    manage.start_button.click()
+    assert "data-queued='20'" in app.panels.queue.info.value
+    app.panels.queue.jobs.value = 2
+    app.panels.queue.start_button.click()
     seen: set[str] = set()
 
     def finished() -> bool:
@@ -247,36 +262,41 @@ def test_twenty_queued_at_once_with_a_failing_stage(app: Dashboard):
     final = states(app)
     assert final.pop("broken") == "failed"
     assert final == dict.fromkeys(rates, "success")
-    rows = app.frame.set_index("name")
+    rows = app.state.frame.set_index("name")
     for name, lr in rates.items():  # each result is its own: the quick stage's formula
         speed = min(0.5, lr * 400) * (1 + math.log2(4) / 4)
         assert rows.loc[name, "train_lora.learning_rate"] == pytest.approx(lr)
         assert rows.loc[name, "type_fidelity_lora"] == pytest.approx(
             min(1.0, 0.2 + speed), abs=1e-4
         )
-    app.apply_view()
-    text = html.unescape(app.count.value)
+    app.render_table()
+    text = html.unescape(app.panels.table.count.value)
     assert "broken failed" in text and "must be positive" in text
     assert "19 success" in text and "1 failed" in text
 
 
 def test_a_killed_queue_worker_leaves_its_experiment_lost_not_running(app: Dashboard):
-    manage = app.manage
-    manage.queue([
-        actions.Launch({"train_lora.max_steps": 20000}, "slow"),  # 10 s: time to kill its worker
-        actions.Launch({"train_lora.rank": 2}, "a"),
-        actions.Launch({"train_lora.rank": 8}, "b"),
-    ])  # fmt: skip
-    manage.jobs.value = 2
-    manage.start_button.click()
+    app.queue(
+        [
+            actions.Launch(
+                {"train_lora.max_steps": 20000}, "slow"
+            ),  # 10 s: time to kill its worker
+            actions.Launch({"train_lora.rank": 2}, "a"),
+            actions.Launch({"train_lora.rank": 8}, "b"),
+        ]
+    )
+    app.panels.queue.jobs.value = 2
+    app.panels.queue.start_button.click()
     wait_for(app, lambda: states(app).get("slow") == "running")
-    pid = app.frame.set_index("name").loc["slow", "pid"]
+    pid = app.state.frame.set_index("name").loc["slow", "pid"]
     os.kill(_parent(int(pid)), signal.SIGKILL)  # the queue worker running `slow`
     wait_for(app, lambda: states(app) == {"slow": "lost", "a": "success", "b": "success"})
-    app.apply_view()
-    assert "slow lost: its run stopped without a result" in html.unescape(app.count.value)
-    assert "1 lost" in manage.queue_info.value
-    rows = app.frame.set_index("name")
+    app.render_table()
+    assert "slow lost: its run stopped without a result" in html.unescape(
+        app.panels.table.count.value
+    )
+    assert "1 lost" in app.panels.queue.info.value
+    rows = app.state.frame.set_index("name")
     assert (rows.loc["a", "train_lora.rank"], rows.loc["b", "train_lora.rank"]) == (2, 8)
 
 
@@ -289,21 +309,24 @@ def test_push_to_and_pull_from_a_git_and_a_dvc_remote(tmp_path: Path):
     run(mine, "git", "remote", "add", "origin", str(tmp_path / "remote.git"))
     run(mine, "git", "push", "-q", "origin", "main")
     app = Dashboard(mine, watch=False)
-    manage = app.manage
-    assert manage.remote.options == ("origin",) and manage.remote.value == "origin"
-    assert manage.push_button.layout.display is None
+    assert (
+        app.panels.actions.remote.options == ("origin",)
+        and app.panels.actions.remote.value == "origin"
+    )
+    assert app.panels.actions.push_button.layout.display is None
     app.pick([])
-    manage.push_button.click()
-    assert "pick the experiments to push first" in manage.status.value
+    app.panels.actions.push_button.click()
+    assert "pick the experiments to push first" in app.panels.header.status.value
     app.pick(["shared"])
-    manage.push_button.click()  # no DVC remote yet: the refs travel, the outputs cannot
-    said = html.unescape(manage.status.value)
+    # no DVC remote yet: the refs travel, the outputs cannot
+    app.panels.actions.push_button.click()
+    said = html.unescape(app.panels.header.status.value)
     assert "Pushed experiment shared" in said and "no default DVC remote" in said, said
     assert "/shared" in run(mine, "git", "ls-remote", "origin", "refs/exps/*")
     storage = tmp_path / "storage"
     run(mine, "dvc", "remote", "add", "--local", "-d", "storage", str(storage))
-    manage.push_button.click()
-    said = html.unescape(manage.status.value)
+    app.panels.actions.push_button.click()
+    said = html.unescape(app.panels.header.status.value)
     assert "shared is up to date on Git remote 'origin'" in said, said
     assert " files uploaded" in said and "no default DVC remote" not in said, said
     assert any(path.is_file() for path in storage.rglob("*"))
@@ -313,17 +336,17 @@ def test_push_to_and_pull_from_a_git_and_a_dvc_remote(tmp_path: Path):
     run(theirs, "dvc", "remote", "add", "--local", "-d", "storage", str(storage))
     teammate = Dashboard(theirs, watch=False)
     assert states(teammate) == {}
-    teammate.manage.pull_button.click()
-    said = html.unescape(teammate.manage.status.value)
+    teammate.panels.actions.pull_button.click()
+    said = html.unescape(teammate.panels.header.status.value)
     assert "Pulled shared from origin." in said, said
     assert states(teammate) == {"shared": "success"}
-    row = teammate.frame.set_index("name").loc["shared"]
+    row = teammate.state.frame.set_index("name").loc["shared"]
     assert row["train_lora.rank"] == 8
     assert (
         row["type_fidelity_lora"]
-        == app.frame.set_index("name").loc["shared", "type_fidelity_lora"]
+        == app.state.frame.set_index("name").loc["shared", "type_fidelity_lora"]
     )
     images = teammate.store.plots([row["id"]]).images  # outputs came from the DVC remote
     assert not images.empty and all(Path(file).is_file() for file in images["file"])
-    teammate.manage.pull_button.click()
-    assert "Nothing new to pull" in teammate.manage.status.value
+    teammate.panels.actions.pull_button.click()
+    assert "Nothing new to pull" in teammate.panels.header.status.value

@@ -28,16 +28,16 @@ def refs(repo: Path) -> dict[str, str]:
 
 
 def states(app: Dashboard) -> dict[str, str]:
-    experiments = app.frame[app.frame["kind"] == "experiment"]
+    experiments = app.state.frame[app.state.frame["kind"] == "experiment"]
     return dict(zip(experiments["name"], experiments["state"], strict=True))
 
 
 def said(app: Dashboard) -> str:
-    return html.unescape(app.manage.status.value)
+    return html.unescape(app.panels.header.status.value)
 
 
 def confirm(app: Dashboard) -> None:
-    app.manage.confirm_box.children[1].children[0].click()
+    app.panels.actions.confirm_yes.click()
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +73,11 @@ def shared(teammate: tuple[Path, Path], tmp_path: Path):
 
 def pulled(mine: Path) -> Dashboard:
     app = Dashboard(mine, watch=False)
-    app.manage.pull_button.click()
+    app.panels.actions.pull_button.click()
     assert "Pulled --queue, -A, -f, good, main from origin" in said(app), said(app)
-    assert states(app) == dict.fromkeys(["good", "shared", "-A", "--queue", "-f", "main"],
-                                        "success") | {"waiting": "queued"}  # fmt: skip
+    assert states(app) == dict.fromkeys(
+        ["good", "shared", "-A", "--queue", "-f", "main"], "success"
+    ) | {"waiting": "queued"}
     return app
 
 
@@ -88,20 +89,24 @@ def test_removing_a_pulled_experiment_named_like_an_option_removes_only_it(share
     pull_said = said(app)
     before = refs(mine)
     app.pick(["-A"])
-    app.manage.remove_button.click()
-    question = html.unescape(app.manage.confirm_box.children[0].value)
+    app.panels.actions.remove_button.click()
+    question = html.unescape(app.panels.actions.question.value)
     confirm(app)
     assert refs(mine) == {name: sha for name, sha in before.items() if name != "-A"}
     assert "Removed -A." in said(app), said(app)
     assert "its name starts with '-'" in question and "refs/exps/" in question, question
 
     app.pick(["--queue", "good"])
-    app.manage.ask_remove()
+    app.panels.actions.remove_button.click()
     confirm(app)
     assert "Removed --queue, good." in said(app), said(app)
     assert set(refs(mine)) == {"shared", "-f", "main"}
-    assert states(app) == {"shared": "success", "-f": "success", "main": "success",
-                           "waiting": "queued"}  # the queue is as it was  # fmt: skip
+    assert states(app) == {
+        "shared": "success",
+        "-f": "success",
+        "main": "success",
+        "waiting": "queued",
+    }  # the queue is as it was
     # the pull showed the names as what they are
     assert "'-A' starts with '-': dvc would read it as an option" in pull_said, pull_said
     assert "'main' is also a git branch" in pull_said
@@ -115,13 +120,14 @@ def test_pushing_an_experiment_named_like_force_does_not_force(shared):
     teammates = refs(theirs)["shared"]
     assert refs(mine)["shared"] != teammates  # diverged: the pull left the user's one
     app.pick(["-f"])
-    app.manage.push_button.click()
+    app.panels.actions.push_button.click()
     assert "-f is up to date on Git remote 'origin'" in said(app), said(app)
     app.pick(["shared"])
-    app.manage.push_button.click()  # diverged: reported by dvc, never forced
+    app.panels.actions.push_button.click()  # diverged: reported by dvc, never forced
     on_remote = run(mine, "git", "ls-remote", str(remote), "refs/exps/*").splitlines()
-    remote_refs = {line.split("\t")[1].rsplit("/", 1)[1]: line.split("\t")[0]
-                   for line in on_remote}  # fmt: skip
+    remote_refs = {
+        line.split("\t")[1].rsplit("/", 1)[1]: line.split("\t")[0] for line in on_remote
+    }
     assert remote_refs["shared"] == teammates
     assert remote_refs == refs(theirs)
 
@@ -131,38 +137,41 @@ def test_experiments_named_like_branches_and_names_made_from_the_page(shared):
     branch, tag or revision are refused before dvc sees them."""
     theirs, mine, _ = shared
     app = pulled(mine)
-    manage = app.manage
     app.pick(["main"])
-    manage.branch_name.value = "from-main"
-    manage.branch_button.click()
+    app.panels.actions.branch_name.value = "from-main"
+    app.panels.actions.branch_button.click()
     assert "Made branch from-main from main." in said(app), said(app)
     assert run(mine, "git", "rev-parse", "from-main").strip() == refs(mine)["main"]
     assert refs(mine)["main"] != run(mine, "git", "rev-parse", "main").strip()
 
     app.pick(["-f"])
-    manage.new_name.value = "plain-f"
-    manage.rename_button.click()
+    app.panels.actions.new_name.value = "plain-f"
+    app.panels.actions.rename_button.click()
     assert "Renamed -f to plain-f." in said(app), said(app)
     assert refs(mine)["plain-f"] == refs(theirs)["-f"] and "-f" not in refs(mine)
 
     run(mine, "git", "tag", "v1")
     app.pick(["good"])
-    for bad, why in [("-x", "is not allowed"), ("main", "is a git branch"),
-                     ("v1", "is a git tag"), ("HEAD", "is a git revision")]:  # fmt: skip
-        manage.new_name.value = bad
-        manage.rename_button.click()
+    for bad, why in [
+        ("-x", "is not allowed"),
+        ("main", "is a git branch"),
+        ("v1", "is a git tag"),
+        ("HEAD", "is a git revision"),
+    ]:
+        app.panels.actions.new_name.value = bad
+        app.panels.actions.rename_button.click()
         assert why in said(app), (bad, said(app))
-        manage.branch_name.value = bad
-        manage.branch_button.click()
+        app.panels.actions.branch_name.value = bad
+        app.panels.actions.branch_button.click()
         assert why in said(app), (bad, said(app))
     assert set(refs(mine)) == {"good", "shared", "-A", "--queue", "plain-f", "main"}
     assert run(mine, "git", "branch", "--list").split() == ["from-main", "*", "main"]
 
-    manage.form.inputs["train_lora.rank"].value = "8"
+    app.panels.launch.form.inputs["train_lora.rank"].value = "8"
     for bad, why in [("v1", "is a git tag"), ("-n", "is not allowed")]:
-        manage.form.name.value = bad
-        manage.form.queue_button.click()
-        assert why in html.unescape(manage.form.message.value), bad
+        app.panels.launch.form.name.value = bad
+        app.panels.launch.form.queue_button.click()
+        assert why in html.unescape(app.panels.launch.form.message.value), bad
     with pytest.raises(ValueError, match="is a git branch"):
         actions.queue(mine, [actions.Launch({"train_lora.rank": 8}, "main")])
     with pytest.raises(ValueError, match="is a git revision"):
@@ -177,7 +186,7 @@ def test_a_grid_that_fails_part_way_says_what_was_queued(tmp_path: Path, caplog)
     repo = make_quick_repo(tmp_path / "repo")
     exp_run(repo, "grid-2", "train_lora.rank=2")
     app = Dashboard(repo, watch=False)
-    form = app.manage.form
+    form = app.panels.launch.form
     form.inputs["train_lora.rank"].value = "4, 8, 16"
     form.name.value = "grid"
     with caplog.at_level(logging.WARNING, logger="dashboard"):
@@ -186,14 +195,14 @@ def test_a_grid_that_fails_part_way_says_what_was_queued(tmp_path: Path, caplog)
     assert "Queueing" not in text
     assert "queued grid-1; grid-2 failed: " in text, text
     assert "conflicts with existing experiment 'grid-2'" in text and "grid-3 not queued" in text
-    assert "action-error" in app.manage.status.value
+    assert "action-error" in app.panels.header.status.value
     assert states(app) == {"grid-1": "queued", "grid-2": "success"}
     assert form.name.value == "grid"  # the form keeps what was typed
     (record,) = [r for r in caplog.records if "grid-2 failed" in r.getMessage()]
     assert record.exc_info and isinstance(record.exc_info[1], actions.QueueError)
     assert record.exc_info[1].queued == ["grid-1"]
     app.pick(["grid-1"])  # a queue task has no ref yet: removed by its task id
-    app.manage.ask_remove()
+    app.panels.actions.remove_button.click()
     confirm(app)
     assert "Removed grid-1." in said(app), said(app)
     assert states(app) == {"grid-2": "success"}
@@ -202,7 +211,7 @@ def test_a_grid_that_fails_part_way_says_what_was_queued(tmp_path: Path, caplog)
 def test_a_missing_dvc_is_said_for_run_now_and_queue(tmp_path: Path, monkeypatch, caplog):
     repo = make_quick_repo(tmp_path / "repo")
     app = Dashboard(repo, watch=False)
-    form = app.manage.form
+    form = app.panels.launch.form
     monkeypatch.setattr(actions, "dvc_executable", lambda: str(tmp_path / "no" / "dvc"))
     monkeypatch.setattr(dvc_cli, "dvc_executable", lambda: str(tmp_path / "no" / "dvc"))
     form.inputs["train_lora.rank"].value = "8"
@@ -231,27 +240,27 @@ def _wait(condition, timeout: float = 120) -> None:
 def test_two_tabs_cannot_run_in_one_workspace_at_once(tmp_path: Path):
     repo = make_quick_repo(tmp_path / "repo")
     first, second = Dashboard(repo, watch=False), Dashboard(repo, watch=False)
-    first.manage.form.inputs["train_lora.max_steps"].value = "20000"  # about 10 s
-    first.manage.form.run_button.click()
+    first.panels.launch.form.inputs["train_lora.max_steps"].value = "20000"  # about 10 s
+    first.panels.launch.form.run_button.click()
     assert "Running workspace run in the workspace" in said(first), said(first)
     log = repo / said(first).split("(log: ")[1].split(")")[0]
     _wait(lambda: log.stat().st_size > 0)  # it has printed something
     printed = log.read_bytes()
 
-    second.manage.form.inputs["train_lora.max_steps"].value = "30"
-    second.manage.form.run_button.click()
+    second.panels.launch.form.inputs["train_lora.max_steps"].value = "30"
+    second.panels.launch.form.run_button.click()
     assert log.read_bytes().startswith(printed)  # not truncated
     text = said(second)
     assert "cannot run an experiment in the workspace now" in text, text
     assert f"run an experiment in the workspace (process {os.getpid()})" in text
-    assert second.manage.running == {}
-    process = first.manage.running["workspace run"].process
+    assert second.running == {}
+    process = first.running["workspace run"].process
     held = {os.readlink(fd) for fd in Path(f"/proc/{process.pid}/fd").iterdir()}
     assert str(repo / ".dvc/tmp/dashboard/workspace.lock") in held  # dvc holds it too
 
     _wait(lambda: "finished" in said(first) or "failed" in said(first))
     assert "workspace run finished." in said(first), said(first)
-    second.manage.form.run_button.click()  # the lock is free again
+    second.panels.launch.form.run_button.click()  # the lock is free again
     assert "Running workspace run" in said(second), said(second)
     _wait(lambda: "finished" in said(second) or "failed" in said(second))
     assert "workspace run finished." in said(second), said(second)
@@ -263,9 +272,9 @@ def test_a_confirm_after_another_tab_changed_the_experiment_does_nothing(tmp_pat
     exp_run(repo, "keep", "train_lora.rank=4")
     mine, other = Dashboard(repo, watch=False), Dashboard(repo, watch=False)
     mine.pick(["x"])
-    mine.manage.ask_remove()  # the question is asked...
+    mine.panels.actions.remove_button.click()  # the question is asked...
     other.pick(["x"])
-    other.manage.ask_remove()
+    other.panels.actions.remove_button.click()
     confirm(other)  # ...another tab removes x and runs a new x
     assert "Removed x." in said(other)
     exp_run(repo, "x", "train_lora.rank=2")
@@ -277,10 +286,10 @@ def test_a_confirm_after_another_tab_changed_the_experiment_does_nothing(tmp_pat
 
     mine.refresh(force=True)
     mine.pick(["keep"])
-    mine.manage.ask_remove()
+    mine.panels.actions.remove_button.click()
     other.refresh(force=True)
     other.pick(["keep"])
-    other.manage.ask_remove()
+    other.panels.actions.remove_button.click()
     confirm(other)
     confirm(mine)
     assert "nothing done: keep was removed" in said(mine), said(mine)

@@ -24,14 +24,16 @@ pytestmark = pytest.mark.timeout(300)
 EVIL = "evil.example"
 
 
-def get(served: Served, path: str, host: str | None = None,
-        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:  # fmt: skip
+def get(
+    served: Served, path: str, host: str | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], str]:
     """(status, headers, body) of one request to the server, redirects not followed; `host` is
     the Host header that a browser sends for the name in its address bar."""
     connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=180)
     try:
-        connection.request("GET", path, headers={"Host": host or f"127.0.0.1:{served.port}",
-                                                 **(headers or {})})  # fmt: skip
+        connection.request(
+            "GET", path, headers={"Host": host or f"127.0.0.1:{served.port}", **(headers or {})}
+        )
         response = connection.getresponse()
         return response.status, dict(response.getheaders()), response.read().decode()
     finally:
@@ -42,10 +44,18 @@ def websocket_handshake(served: Served, kernel_id: str, host: str) -> int:
     """The status of a websocket handshake to the kernel's channels as a page of `host` makes
     it (its Origin is its own address): 101 when the server lets it drive the kernel."""
     key = base64.b64encode(os.urandom(16)).decode()
-    status, _, _ = get(served, f"/api/kernels/{kernel_id}/channels", host=host, headers={
-        "Origin": f"http://{host}", "Connection": "Upgrade", "Upgrade": "websocket",
-        "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": key,
-    })  # fmt: skip
+    status, _, _ = get(
+        served,
+        f"/api/kernels/{kernel_id}/channels",
+        host=host,
+        headers={
+            "Origin": f"http://{host}",
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": key,
+        },
+    )
     return status
 
 
@@ -87,8 +97,9 @@ def read_proc(pid: int, name: str) -> str:
 
 def kernels(served: Served) -> list[int]:
     """The kernel processes of the server."""
-    return [pid for pid in process_tree(served.pid)[1:]
-            if "ipykernel" in read_proc(pid, "cmdline")]  # fmt: skip
+    return [
+        pid for pid in process_tree(served.pid)[1:] if "ipykernel" in read_proc(pid, "cmdline")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +142,12 @@ def test_a_request_without_the_token_is_refused_and_starts_no_kernel(tmp_path: P
             assert status in (302, 403) and not is_page(body), path
             if status == 302:
                 assert headers["Location"].startswith("/login?next="), path  # Jupyter's login
-        assert websocket_handshake(served, "0" * 8 + "-0000-0000-0000-" + "0" * 12,
-                                   f"127.0.0.1:{served.port}") == 403  # fmt: skip
+        assert (
+            websocket_handshake(
+                served, "0" * 8 + "-0000-0000-0000-" + "0" * 12, f"127.0.0.1:{served.port}"
+            )
+            == 403
+        )
         time.sleep(1)
         assert kernels(served) == []
         assert "Kernel started" not in served.log.read_text()
@@ -180,8 +195,11 @@ def test_no_token_keeps_the_host_check(tmp_path: Path):
 
 
 def test_no_token_is_refused_beyond_loopback(capsys):
-    for argv in (["--no-token", "--host", "0.0.0.0"], ["--no-token", "--token", "x"],
-                 ["--token", ""]):  # fmt: skip
+    for argv in (
+        ["--no-token", "--host", "0.0.0.0"],
+        ["--no-token", "--token", "x"],
+        ["--token", ""],
+    ):
         with pytest.raises(SystemExit):
             main(argv)
         assert "token" in capsys.readouterr().err
@@ -195,12 +213,16 @@ def test_the_host_check_is_on_for_loopback_addresses_only():
 
 
 def test_a_kernel_gets_the_address_of_its_page_without_the_token():
-    env = {"QUERY_STRING": "token=abc&theme=dark", "PATH": "/bin",
-           "VOILA_REQUEST_URL": "http://127.0.0.1:8866/?token=abc&theme=dark"}  # fmt: skip
+    env = {
+        "QUERY_STRING": "token=abc&theme=dark",
+        "PATH": "/bin",
+        "VOILA_REQUEST_URL": "http://127.0.0.1:8866/?token=abc&theme=dark",
+    }
     assert without_token(env) == {
-        "QUERY_STRING": "theme=dark", "PATH": "/bin",
+        "QUERY_STRING": "theme=dark",
+        "PATH": "/bin",
         "VOILA_REQUEST_URL": "http://127.0.0.1:8866/?theme=dark",
-    }  # fmt: skip
+    }
 
 
 def test_all_interfaces_serve_another_machine_that_has_the_token(tmp_path: Path):
@@ -221,8 +243,9 @@ def test_pages_beyond_the_cap_are_refused_and_the_kernels_stay_under_it(tmp_path
     among them): no more than 4 ever run, the others are refused with a page that says why;
     once the idle ones are shut down, the page opens again."""
     cap, requests = 4, 12
-    with voila_server(tmp_path, tmp_path / "voila.log", max_kernels=cap,
-                      cull_seconds=20) as served:  # fmt: skip
+    with voila_server(
+        tmp_path, tmp_path / "voila.log", max_kernels=cap, cull_seconds=20
+    ) as served:
         most, done = 0, threading.Event()
 
         def watch() -> None:
@@ -235,8 +258,9 @@ def test_pages_beyond_the_cap_are_refused_and_the_kernels_stay_under_it(tmp_path
         watcher.start()
         try:
             with ThreadPoolExecutor(requests) as pool:
-                answers = list(pool.map(lambda _: get(served, path_of(served.url)),
-                                        range(requests)))  # fmt: skip
+                answers = list(
+                    pool.map(lambda _: get(served, path_of(served.url)), range(requests))
+                )
         finally:
             done.set()
             watcher.join()

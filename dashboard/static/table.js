@@ -102,6 +102,12 @@ function render({ model, el: root }) {
       tr.appendChild(pick);
       cells[index].forEach((text, column) => {
         const td = el("td", column === 0 ? "xt-sticky" : "", text);
+        if (column === 0 && meta.thumb) {
+          const image = el("img", "xt-thumb");
+          image.src = meta.thumb;
+          image.alt = "";
+          td.prepend(image);
+        }
         const mark = marks[`${index},${column}`];
         if (mark) td.classList.add(`xt-${mark}`);
         if (text.length > 24) td.title = text;

@@ -51,7 +51,7 @@ def main() -> None:
         (curves / "loss.tsv").write_text("step\tloss\n" + "".join(rows[: len(rows) * part // 10]))
     fidelity = round(min(1.0, 0.2 + speed), 4)
     (out / "train_lora" / "metrics.json").write_text(
-        json.dumps({"loss": losses[-1], "step": steps})
+        json.dumps({"loss": losses[-1], "final_loss": losses[-1], "step": steps})
     )
     history = out / "train_classifier" / "plots" / "metrics" / "train"
     history.mkdir(parents=True, exist_ok=True)
@@ -83,6 +83,10 @@ def main() -> None:
     evaluate = out / "evaluate"
     evaluate.mkdir(parents=True, exist_ok=True)
     metrics = {"type_fidelity_base": 0.1, "type_fidelity_lora": fidelity, "lift": fidelity - 0.1}
+    # evaluate's 95 % intervals, as the real stage writes them (a stand-in: +-0.05)
+    for name in ("type_fidelity_base", "type_fidelity_lora"):
+        metrics[f"{name}_low"] = round(max(0.0, metrics[name] - 0.05), 4)
+        metrics[f"{name}_high"] = round(min(1.0, metrics[name] + 0.05), 4)
     (evaluate / "metrics.json").write_text(json.dumps(metrics))
 
 
