@@ -55,7 +55,7 @@ pipeline: demo
 lock: setup
 	$(BIN)/python -m stages.params
 	$(BIN)/dvc repro
-	$(BIN)/python -m stages.determinism > outputs/lock_machine.json
+	$(BIN)/python -m stages.common.determinism > outputs/lock_machine.json
 
 # The dashboard's browser tests drive Debian's Chromium (never a downloaded browser).
 chromium:

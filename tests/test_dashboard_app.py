@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from bench.harness.quick_repo import exp_run, make_quick_repo, run
 from dashboard.app import Dashboard
 from dashboard.data import experiments_frame
-from tests.quick_repo import exp_run, make_quick_repo, run
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.browser import launch, voila_server
-from tests.quick_repo import run
+from bench.harness.browser import launch, voila_server
+from bench.harness.quick_repo import run
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 WAIT = 60_000  # ms: the first page of a fresh server on 2 busy cores
@@ -132,7 +132,7 @@ def test_not_a_dvc_repository_is_said_in_the_page(browser, tmp_path: Path):
 def test_launch_a_grid_watch_it_run_and_apply_one(browser, tmp_path: Path):
     """Issue 6's flow in the page alone: fill the form, queue two experiments, start the queue,
     see both succeed in the table without reloading, apply one."""
-    from tests.quick_repo import make_quick_repo
+    from bench.harness.quick_repo import make_quick_repo
 
     repo = make_quick_repo(tmp_path / "repo")
     try:
