@@ -53,7 +53,7 @@ pipeline: demo
 # dvc.lock was made on (tests/test_lock_reproduced.py compares a fresh run against both).
 lock: setup
 	$(BIN)/dvc repro
-	$(BIN)/python -m stages.determinism > outputs/lock_machine.json
+	$(BIN)/python -m stages.common.determinism > outputs/lock_machine.json
 
 # The dashboard's browser tests drive Debian's Chromium (never a downloaded browser).
 chromium:

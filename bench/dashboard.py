@@ -6,7 +6,7 @@ filter 1.4 s, two-run comparison 2.0 s).
     python -m bench.dashboard                  # 200 and 1,000 experiments
     python -m bench.dashboard --sizes 200      # one size
 
-Each size builds a repository of the quick stand-in pipeline (tests/quick_pipeline): two
+Each size builds a repository of the quick stand-in pipeline (bench/harness/quick_pipeline): two
 experiments run by `dvc exp run`, the rest copied with git plumbing from one of them (DVC lists
 them like any other: `dvc exp show` reads each one). Times in the browser are taken in the page
 (performance.now() when the awaited change is in the DOM), from the request or the click.
@@ -23,10 +23,10 @@ from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
 
+from bench.harness.browser import FIRST_ROW_SCRIPT, launch, voila_server
+from bench.harness.quick_repo import clone_experiments, exp_run, make_quick_repo, run
 from dashboard.data import filter_experiments
 from dashboard.store import ExperimentStore
-from tests.browser import FIRST_ROW_SCRIPT, launch, voila_server
-from tests.quick_repo import clone_experiments, exp_run, make_quick_repo, run
 
 FILTER = "train_lora.rank >= 8 and type_fidelity_lora > 0.5"
 # Runs `action` in the page, then resolves with the ms until `done` holds (checked after every

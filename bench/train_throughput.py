@@ -27,14 +27,14 @@ from peft import LoraConfig
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from stages.diffusion import pick_device, tokenize
+from stages.common.params import GenerateParams, TrainLoraParams
+from stages.data.images import png_bytes, to_square
+from stages.data.synthetic import creature_rng, draw_creature
 from stages.generate_text_to_image import draw
-from stages.images import png_bytes, to_square
-from stages.lora import encode_dataset, read_dataset
-from stages.params import GenerateParams, TrainLoraParams
-from stages.synthetic import creature_rng, draw_creature
-from stages.tensors import to_unit_range
-from stages.tiny_model import assemble, build_components, build_tokenizer
+from stages.models.diffusion import pick_device, tokenize
+from stages.models.lora import encode_dataset, read_dataset
+from stages.models.tensors import to_unit_range
+from stages.models.tiny_model import assemble, build_components, build_tokenizer
 from stages.train_lora import denoising_loss
 
 SD15 = Path(__file__).with_name("sd15")

@@ -22,7 +22,7 @@ from ruamel.yaml import YAML, YAMLError
 
 from dashboard.actions import Launch, check_new_name, expand_grid
 from dashboard.dvc_cli import error_text
-from stages.params import SECTIONS, read_params_file
+from stages.common.params import SECTIONS, read_params_file
 
 MAX_GRID = 64
 

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages import paths
-from stages.cli import run_stage
-from stages.download import (
+from stages.common import paths
+from stages.common.cli import run_stage
+from stages.common.errors import StageError
+from stages.common.fsutil import atomic_write_bytes, atomic_write_json
+from stages.common.params import DataParams, load_params
+from stages.data.download import (
     FetchError,
     FetchSettings,
     get_bytes,
@@ -24,11 +27,8 @@ from stages.download import (
     make_session,
     megabytes,
 )
-from stages.errors import StageError
-from stages.fsutil import atomic_write_bytes, atomic_write_json
-from stages.params import DataParams, load_params
-from stages.pokemon import StatsFormatError, normalize_stats
-from stages.synthetic import synthetic_stats
+from stages.data.pokemon import StatsFormatError, normalize_stats
+from stages.data.synthetic import synthetic_stats
 
 log = logging.getLogger(__name__)
 

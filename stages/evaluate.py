@@ -22,12 +22,12 @@ import pandas as pd
 from PIL import Image
 from scipy.stats import binomtest
 
-from stages import paths
-from stages.classifier import load_classifier, scores, to_tensor
-from stages.cli import run_stage
-from stages.determinism import deterministic_torch
-from stages.errors import StageError
-from stages.fsutil import atomic_dir, atomic_write_json
+from stages.common import paths
+from stages.common.cli import run_stage
+from stages.common.determinism import deterministic_torch
+from stages.common.errors import StageError
+from stages.common.fsutil import atomic_dir, atomic_write_json
+from stages.models.classifier import load_classifier, scores, to_tensor
 
 log = logging.getLogger(__name__)
 

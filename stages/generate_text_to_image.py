@@ -15,12 +15,12 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from stages import paths
-from stages.cli import run_stage
-from stages.determinism import deterministic_torch
-from stages.diffusion import load_pipeline, pick_device, pick_dtype, read_model_record
-from stages.fsutil import atomic_dir, atomic_write_json
-from stages.params import GenerateParams, load_params
+from stages.common import paths
+from stages.common.cli import run_stage
+from stages.common.determinism import deterministic_torch
+from stages.common.fsutil import atomic_dir, atomic_write_json
+from stages.common.params import GenerateParams, load_params
+from stages.models.diffusion import load_pipeline, pick_device, pick_dtype, read_model_record
 
 log = logging.getLogger(__name__)
 

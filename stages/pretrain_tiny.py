@@ -4,9 +4,10 @@
 
 Pretrains the tiny Stable Diffusion with the recipe in params.yaml (model.tiny, base.seed: the
 same recipe that `model.base: tiny-scratch` runs in the pipeline), saves it in half precision to
-stages/tiny_sd/pretrained, and measures how well it follows type prompts. The record beside it,
-stages/tiny_sd/pretrained.json, holds the recipe, the code commit it was made with, the sha256 of
-every file (set_up_diffusers refuses a folder that does not match) and the figures.
+stages/models/tiny_sd/pretrained, and measures how well it follows type prompts. The record
+beside it, stages/models/tiny_sd/pretrained.json, holds the recipe, the code commit it was made
+with, the sha256 of every file (set_up_diffusers refuses a folder that does not match) and the
+figures.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
-from stages.cli import run_stage
-from stages.determinism import THREADS, cpu_description, deterministic_torch
-from stages.errors import StageError
-from stages.params import load_params
-from stages.prompt_following import make_judge, prompt_following
-from stages.shipped import SHIPPED, SHIPPED_RECORD, file_hashes, save_half
-from stages.tiny_model import CONFIGS, TINY_SIZE, pretrain
+from stages.common.cli import run_stage
+from stages.common.determinism import THREADS, cpu_description, deterministic_torch
+from stages.common.errors import StageError
+from stages.common.params import load_params
+from stages.models.prompt_following import make_judge, prompt_following
+from stages.models.shipped import SHIPPED, SHIPPED_RECORD, file_hashes, save_half
+from stages.models.tiny_model import CONFIGS, TINY_SIZE, pretrain
 
 log = logging.getLogger(__name__)
 

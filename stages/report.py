@@ -18,9 +18,9 @@ from pathlib import Path
 import nbformat
 from nbconvert import HTMLExporter
 
-from stages.cli import run_stage
-from stages.errors import StageError
-from stages.fsutil import atomic_write_text
+from stages.common.cli import run_stage
+from stages.common.errors import StageError
+from stages.common.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,14 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from stages import paths
-from stages.cli import run_stage
-from stages.errors import StageError
-from stages.fsutil import atomic_dir, atomic_write_json
-from stages.images import BadImageError, png_bytes, read_image, to_square
-from stages.params import load_params
-from stages.pokemon import in_training_type
-from stages.stats import read_stats
+from stages.common import paths
+from stages.common.cli import run_stage
+from stages.common.errors import StageError
+from stages.common.fsutil import atomic_dir, atomic_write_json
+from stages.common.params import load_params
+from stages.data.images import BadImageError, png_bytes, read_image, to_square
+from stages.data.pokemon import in_training_type
+from stages.data.stats import read_stats
 
 log = logging.getLogger(__name__)
 

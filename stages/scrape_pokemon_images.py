@@ -18,16 +18,22 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from stages import paths
-from stages.cli import run_stage
-from stages.download import FetchResult, FetchSettings, fetch_all, is_url, megabytes
-from stages.errors import StageError
-from stages.fsutil import atomic_dir, atomic_write_json
-from stages.images import BadImageError, decode_image, image_extension, limit_pixels, png_bytes
-from stages.params import DataParams, load_params
-from stages.pokemon import image_url, slugify
-from stages.stats import read_stats
-from stages.synthetic import creature_rng, draw_creature
+from stages.common import paths
+from stages.common.cli import run_stage
+from stages.common.errors import StageError
+from stages.common.fsutil import atomic_dir, atomic_write_json
+from stages.common.params import DataParams, load_params
+from stages.data.download import FetchResult, FetchSettings, fetch_all, is_url, megabytes
+from stages.data.images import (
+    BadImageError,
+    decode_image,
+    image_extension,
+    limit_pixels,
+    png_bytes,
+)
+from stages.data.pokemon import image_url, slugify
+from stages.data.stats import read_stats
+from stages.data.synthetic import creature_rng, draw_creature
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """Stage set_up_diffusers: make the base model available offline, and record where it is.
 
 model.base tiny (the default) copies the shipped pretrained tiny Stable Diffusion
-(stages/tiny_sd/pretrained, made by `python -m stages.pretrain_tiny`) into place after checking
-every file's sha256 against its record: a fixed, known input, as a hub model pinned to a commit
-is. tiny-scratch pretrains it anew with the recipe in model.tiny (VAE first, then UNet + text
-encoder with caption dropout), deterministic by step count. A Hugging Face id is downloaded
+(stages/models/tiny_sd/pretrained, made by `python -m stages.pretrain_tiny`) into place after
+checking every file's sha256 against its record: a fixed, known input, as a hub model pinned to a
+commit is. tiny-scratch pretrains it anew with the recipe in model.tiny (VAE first, then UNet +
+text encoder with caption dropout), deterministic by step count. A Hugging Face id is downloaded
 through the hub cache (HF_HOME and HF_HUB_OFFLINE apply) and its resolved commit is recorded; a
 local folder is used as it is. Everything downstream loads the base through
-stages.diffusion.load_pipeline.
+stages.models.diffusion.load_pipeline.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from diffusers import StableDiffusionPipeline
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from PIL import Image, ImageDraw
 
-from stages import paths
-from stages.cli import run_stage
-from stages.determinism import deterministic_torch
-from stages.errors import StageError
-from stages.fsutil import atomic_dir, atomic_write_json
-from stages.params import ModelParams, load_params
-from stages.pokemon import TYPES
-from stages.shipped import SHIPPED, SHIPPED_RECORD, save_half, upcast_copy, verify
-from stages.tiny_model import TINY_SIZE, pretrain
+from stages.common import paths
+from stages.common.cli import run_stage
+from stages.common.determinism import deterministic_torch
+from stages.common.errors import StageError
+from stages.common.fsutil import atomic_dir, atomic_write_json
+from stages.common.params import ModelParams, load_params
+from stages.data.pokemon import TYPES
+from stages.models.shipped import SHIPPED, SHIPPED_RECORD, save_half, upcast_copy, verify
+from stages.models.tiny_model import TINY_SIZE, pretrain
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ def set_up_shipped(seed: int, out: Path) -> dict:
     if not SHIPPED_RECORD.is_file():
         raise StageError(
             f"{SHIPPED_RECORD} not found: the shipped tiny base model is missing from this "
-            "checkout; restore it with `git checkout -- stages/tiny_sd` or set model.base to "
-            "tiny-scratch to pretrain one (about an hour on 2 CPU cores)"
+            "checkout; restore it with `git checkout -- stages/models/tiny_sd` or set model.base "
+            "to tiny-scratch to pretrain one (about an hour on 2 CPU cores)"
         )
     shipped = json.loads(SHIPPED_RECORD.read_text(encoding="utf-8"))
     verify(SHIPPED, shipped["files"])

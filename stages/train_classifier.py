@@ -19,8 +19,15 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from torch import nn
 from tqdm import tqdm
 
-from stages import paths
-from stages.classifier import (
+from stages.common import paths
+from stages.common.cli import run_stage
+from stages.common.determinism import deterministic_torch
+from stages.common.errors import StageError
+from stages.common.fsutil import atomic_dir
+from stages.common.params import load_params
+from stages.common.tracking import close_live, open_live
+from stages.data.pokemon import in_training_type
+from stages.models.classifier import (
     TypeClassifier,
     augment,
     save_classifier,
@@ -28,13 +35,6 @@ from stages.classifier import (
     stratified_split,
     to_tensor,
 )
-from stages.cli import run_stage
-from stages.determinism import deterministic_torch
-from stages.errors import StageError
-from stages.fsutil import atomic_dir
-from stages.params import load_params
-from stages.pokemon import in_training_type
-from stages.tracking import close_live, open_live
 
 log = logging.getLogger(__name__)
 

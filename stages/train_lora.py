@@ -27,13 +27,15 @@ from peft import LoraConfig
 from peft.utils import set_peft_model_state_dict
 from tqdm import tqdm
 
-from stages import paths
-from stages.cli import run_stage
-from stages.determinism import deterministic_torch
-from stages.diffusion import load_pipeline, read_model_record
-from stages.errors import StageError, StageInterrupted
-from stages.fsutil import atomic_dir, atomic_write_json
-from stages.lora import (
+from stages.common import paths
+from stages.common.cli import run_stage
+from stages.common.determinism import deterministic_torch
+from stages.common.errors import StageError, StageInterrupted
+from stages.common.fsutil import atomic_dir, atomic_write_json
+from stages.common.params import TrainLoraParams, load_params
+from stages.common.tracking import close_live, open_live
+from stages.models.diffusion import load_pipeline, read_model_record
+from stages.models.lora import (
     Encoded,
     dataset_digest,
     encode_dataset,
@@ -44,8 +46,6 @@ from stages.lora import (
     save_checkpoint,
     save_lora,
 )
-from stages.params import TrainLoraParams, load_params
-from stages.tracking import close_live, open_live
 
 log = logging.getLogger(__name__)
 

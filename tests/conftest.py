@@ -1,8 +1,7 @@
-"""Shared fixtures: the repository, stage runs in a scratch folder, a local flaky HTTP server."""
+"""Shared fixtures: stage runs in a scratch folder, tiny settings, a local flaky HTTP server."""
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
@@ -17,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.harness.project import default_params, merged
+
 BIN = Path(sys.executable).parent
 
 
@@ -29,20 +29,6 @@ def stage_env(cache: Path) -> dict[str, str]:
     env["DVC_NO_ANALYTICS"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def default_params() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-
-
-def merged(base: dict, overrides: dict) -> dict:
-    result = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merged(result[key], value)
-        else:
-            result[key] = value
-    return result
 
 
 @dataclass
@@ -215,7 +201,7 @@ def pipeline_run(tmp_path_factory) -> Workdir:
 def dashboard_repo(tmp_path_factory) -> Path:
     """A real DVC repository of the quick stand-in pipeline with a baseline and three
     experiments (rank-8, rank-16, lr-high; each keeps the workspace's earlier -S values)."""
-    from tests.quick_repo import exp_run, make_quick_repo
+    from bench.harness.quick_repo import exp_run, make_quick_repo
 
     path = make_quick_repo(tmp_path_factory.mktemp("dash") / "repo")
     exp_run(path, "rank-8", "train_lora.rank=8")

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.classifier import TypeClassifier, augment, stratified_split, to_tensor
-from stages.errors import StageError
+from stages.common.errors import StageError
 from stages.evaluate import diversity
+from stages.models.classifier import TypeClassifier, augment, stratified_split, to_tensor
 from stages.train_classifier import held_out_metrics
 
 

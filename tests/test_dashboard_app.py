@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from bench.harness.quick_repo import exp_run, make_quick_repo, run
 from dashboard import views
 from dashboard.app import Dashboard, digest
 from dashboard.data import experiments_frame
-from tests.quick_repo import exp_run, make_quick_repo, run
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.harness.quick_repo import exp_run, make_quick_repo, run
 from dashboard import workspace
 from dashboard.app import Dashboard
 from dashboard.dvc_cli import DvcError, interrupt
-from tests.quick_repo import exp_run, make_quick_repo, run
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.browser import launch, voila_server
-from tests.quick_repo import run
+from bench.harness.browser import launch, voila_server
+from bench.harness.quick_repo import run
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 WAIT = 60_000  # ms: the first page of a fresh server on 2 busy cores
@@ -129,7 +129,7 @@ def test_the_first_view_shows_key_metrics_and_the_workspace_pokemon(browser, tmp
     """Right after `make demo` (the workspace and its commit, no experiment yet), without a
     click: the key metrics of every row with their intervals, the workspace picked, and its
     Pokémon beside the table, in view."""
-    from tests.quick_repo import make_quick_repo
+    from bench.harness.quick_repo import make_quick_repo
 
     repo = make_quick_repo(tmp_path / "repo")
     with voila_server(repo, tmp_path / "voila.log") as served:
@@ -174,7 +174,7 @@ def test_not_a_dvc_repository_is_said_in_the_page(browser, tmp_path: Path):
 def test_launch_a_grid_watch_it_run_and_apply_one(browser, tmp_path: Path):
     """Issue 6's flow in the page alone: fill the form, queue two experiments, start the queue,
     see both succeed in the table without reloading, apply one."""
-    from tests.quick_repo import make_quick_repo
+    from bench.harness.quick_repo import make_quick_repo
 
     repo = make_quick_repo(tmp_path / "repo")
     try:

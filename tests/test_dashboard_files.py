@@ -1,7 +1,7 @@
 """The dashboard never reads a file outside its repository: links in the workspace that leave it,
 crafted plot paths (`..`, absolute) in `dvc plots diff` and in a queue task's folder; and the
 store's plots may be read by the watcher while a read adds some. Attacks on real git + DVC
-repositories of the quick stand-in pipeline (tests/quick_repo.py)."""
+repositories of the quick stand-in pipeline (bench/harness/quick_repo.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from bench.harness.quick_repo import make_quick_repo, run
 from dashboard import store as store_module
 from dashboard.app import Dashboard, digest
 from dashboard.store import WORKSPACE, ExperimentStore, Plots
-from tests.quick_repo import make_quick_repo, run
 
 IMAGE = "outputs/generated/lora/a-pokemon/seed-0.png"
 FOLDER = "outputs/generated/base/a-pkmnlora-pokemon"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness.project import REPO, default_params
 from dashboard.actions import Launch, check_name, expand_grid, set_args, yaml_value
 from dashboard.data import flatten
 from dashboard.form import LaunchForm, field_specs, parse_values
-from tests.conftest import REPO, default_params
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from bench.harness.quick_repo import exp_run, make_quick_repo, run
 from dashboard import actions
 from dashboard.app import Dashboard
-from tests.quick_repo import exp_run, make_quick_repo, run
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness.quick_repo import exp_run, make_quick_repo, run
 from dashboard import actions, dvc_cli
 from dashboard.app import Dashboard
 from dashboard.locks import WorkspaceLock
-from tests.quick_repo import exp_run, make_quick_repo, run
 
 pytestmark = pytest.mark.timeout(600)
 

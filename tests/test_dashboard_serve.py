@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness.browser import Served, voila_server
 from dashboard.serve import is_loopback, main, voila_config, without_token
-from tests.browser import Served, voila_server
 
 pytestmark = pytest.mark.timeout(300)
 EVIL = "evil.example"

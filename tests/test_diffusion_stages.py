@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from stages.errors import StageError
-from stages.shipped import SHIPPED, SHIPPED_RECORD, file_hashes, verify
+from stages.common.errors import StageError
+from stages.models.shipped import SHIPPED, SHIPPED_RECORD, file_hashes, verify
 from tests.conftest import TINY, Workdir, stage_env, wait_until
 
 
@@ -234,7 +234,7 @@ def test_stages_say_what_to_run_first(workdir):
 
 
 def save_tiny_pipeline(folder: Path) -> None:
-    from stages.tiny_model import assemble, build_components
+    from stages.models.tiny_model import assemble, build_components
 
     assemble(build_components(seed=0)).save_pretrained(folder)
 
@@ -256,7 +256,7 @@ def test_hub_model_id_is_read_from_the_hub_cache_offline_and_its_commit_recorded
 
     loaded = subprocess.run(
         [sys.executable, "-c",
-         "from stages.diffusion import load_pipeline; p = load_pipeline(); "
+         "from stages.models.diffusion import load_pipeline; p = load_pipeline(); "
          "print(type(p).__name__, p.unet.config.sample_size)"],
         cwd=workdir.path, env={**stage_env(workdir.cache), **env_extra},
         capture_output=True, text=True, timeout=300,

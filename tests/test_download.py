@@ -18,8 +18,8 @@ import pytest
 import requests
 from PIL import Image, ImageFile
 
-from stages.download import CHUNK_BYTES, FetchSettings, fetch_all
-from stages.images import BadImageError, decode_image
+from stages.data.download import CHUNK_BYTES, FetchSettings, fetch_all
+from stages.data.images import BadImageError, decode_image
 from tests import imagemaker as make
 from tests.conftest import Reply
 

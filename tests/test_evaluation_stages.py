@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from bench.harness.project import REPO
 from stages.evaluate import difference_interval, fidelity_metrics, wilson_interval
-from tests.conftest import REPO, TINY, Workdir, stage_env
+from tests.conftest import TINY, Workdir, stage_env
 
 
 def read(work: Workdir, path: str):

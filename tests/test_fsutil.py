@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from stages.fsutil import atomic_dir, atomic_write_json
+from stages.common.fsutil import atomic_dir, atomic_write_json
 from tests.conftest import wait_until
 
 

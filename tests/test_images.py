@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from stages.images import BadImageError, decode_image, flatten, image_extension, to_square
+from stages.data.images import BadImageError, decode_image, flatten, image_extension, to_square
 from tests import imagemaker as make
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from bench.harness.project import REPO
 
 RUFF = Path(sys.executable).parent / "ruff"
 CODE = ["stages", "dashboard", "tests", "bench"]

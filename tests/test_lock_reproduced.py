@@ -15,8 +15,8 @@ import shutil
 import pytest
 import yaml
 
-from stages.determinism import lock_machine
-from tests.conftest import REPO
+from bench.harness.project import REPO
+from stages.common.determinism import lock_machine
 from tests.test_pipeline_dvc import dvc, git
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ import torch
 from diffusers.optimization import get_scheduler
 from safetensors import safe_open
 
-from stages import lora
-from stages.lora import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from stages.models import lora
+from stages.models.lora import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from tests.conftest import TINY
 
 
@@ -136,7 +136,7 @@ def test_a_pickled_checkpoint_is_never_unpickled(tmp_path, caplog):
     canary = tmp_path / "canary"
     path = tmp_path / "checkpoint.pt"  # the name does not matter: the content is never trusted
     torch.save(Payload(canary, "run-1"), path)  # a torch checkpoint, as the cache held before
-    with caplog.at_level(logging.WARNING, logger="stages.lora"):
+    with caplog.at_level(logging.WARNING, logger="stages.models.lora"):
         assert load_checkpoint(path, "run-1") is None
     assert not canary.exists()
     assert f"ignoring an unreadable checkpoint {path}" in caplog.text

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.params import SECTIONS, Params, ParamsError, load_params
-from tests.conftest import REPO, default_params, merged
+from bench.harness.project import REPO, default_params, merged
+from stages.common.params import SECTIONS, Params, ParamsError, load_params
 
 
 def write(tmp_path: Path, **sections) -> Path:

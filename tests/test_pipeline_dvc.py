@@ -12,7 +12,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import REPO, TINY, default_params, merged, stage_env
+from bench.harness.project import REPO, default_params, merged
+from tests.conftest import TINY, stage_env
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import io
 import pandas as pd
 import pytest
 
-from stages.pokemon import (
+from stages.data.pokemon import (
     StatsFormatError,
     check_template,
     image_url,

@@ -16,19 +16,22 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUMBING = {
-    "stages/__init__.py",
-    "stages/cli.py",  # logging and exit codes
-    "stages/errors.py",  # exception classes
-    "stages/fsutil.py",  # atomic writes
-    "stages/paths.py",  # path constants: a moved output changes dvc.yaml too
-    "stages/params.py",  # validation: the values come from params.yaml, which DVC tracks
+    "stages/__init__.py",  # the package docstrings (checked below)
+    "stages/common/__init__.py",
+    "stages/data/__init__.py",
+    "stages/models/__init__.py",
+    "stages/common/cli.py",  # logging and exit codes
+    "stages/common/errors.py",  # exception classes
+    "stages/common/fsutil.py",  # atomic writes
+    "stages/common/paths.py",  # path constants: a moved output changes dvc.yaml too
+    "stages/common/params.py",  # validation: the values come from params.yaml, which DVC tracks
 }
 
 
 def project_imports(module: Path) -> set[str]:
-    """Files of the `stages` package that `module` imports, directly or not (itself included);
-    the imports of plumbing modules are not followed (params.py imports the type names only to
-    validate them)."""
+    """Files of the `stages` package that `module` imports, directly or not (itself included,
+    and the `__init__.py` of every package on the way); the imports of plumbing modules are not
+    followed (common/params.py imports the type names only to validate them)."""
     seen: set[str] = set()
     todo = [module]
     while todo:
@@ -48,9 +51,14 @@ def project_imports(module: Path) -> set[str]:
             for dotted in names:
                 if dotted.split(".")[0] != "stages":
                     continue
-                candidate = ROOT / (dotted.replace(".", "/") + ".py")
-                if candidate.is_file():
-                    todo.append(candidate)
+                # a module, or a package: importing `stages.data.images` runs stages/__init__.py
+                # and stages/data/__init__.py first
+                parts = dotted.split(".")
+                for end in range(1, len(parts) + 1):
+                    base = ROOT.joinpath(*parts[:end])
+                    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+                        if candidate.is_file():
+                            todo.append(candidate)
     return seen
 
 
@@ -84,6 +92,22 @@ def test_every_stage_runs_project_code():
 
 
 def test_the_import_reader_follows_imports(tmp_path):
-    """The reader follows from-imports through the package (a real stage as the sample)."""
+    """The reader follows from-imports through the subpackages, their `__init__.py` included
+    (a real stage as the sample)."""
     found = project_imports(ROOT / "stages/set_up_diffusers.py")
-    assert {"stages/tiny_model.py", "stages/synthetic.py", "stages/shipped.py"} <= found
+    assert {
+        "stages/models/tiny_model.py",
+        "stages/data/synthetic.py",
+        "stages/models/shipped.py",
+        "stages/__init__.py",
+        "stages/data/__init__.py",
+    } <= found
+
+
+def test_package_inits_hold_only_a_docstring():
+    """The package `__init__.py` files are left out of the deps above: they must stay code-free."""
+    for name in sorted(m for m in PLUMBING if m.endswith("__init__.py")):
+        body = ast.parse((ROOT / name).read_text(encoding="utf-8")).body
+        assert all(
+            isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body
+        ), f"{name} holds code: list it in the deps of the stages that import it"

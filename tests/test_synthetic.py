@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.pokemon import TYPES
-from stages.synthetic import creature_rng, draw_creature, synthetic_stats
+from stages.data.pokemon import TYPES
+from stages.data.synthetic import creature_rng, draw_creature, synthetic_stats
 
 
 def pixels(image) -> np.ndarray:

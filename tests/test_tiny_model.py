@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from stages.params import TinyModelParams
-from stages.tiny_model import (
+from stages.common.params import TinyModelParams
+from stages.models.tiny_model import (
     MAX_TOKENS,
     assemble,
     build_components,

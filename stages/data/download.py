@@ -24,7 +24,7 @@ from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 from urllib3.util.retry import Retry
 
-from stages.fsutil import atomic_write_bytes
+from stages.common.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

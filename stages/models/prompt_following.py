@@ -17,10 +17,10 @@ from diffusers import StableDiffusionPipeline
 from torch import nn
 from tqdm import tqdm
 
-from stages.classifier import TypeClassifier, augment
-from stages.pokemon import TYPES
-from stages.tensors import to_unit_range
-from stages.tiny_model import Corpus, make_corpus
+from stages.data.pokemon import TYPES
+from stages.models.classifier import TypeClassifier, augment
+from stages.models.tensors import to_unit_range
+from stages.models.tiny_model import Corpus, make_corpus
 
 log = logging.getLogger(__name__)
 

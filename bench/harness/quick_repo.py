@@ -1,4 +1,4 @@
-"""Real DVC repositories with a quick stand-in pipeline (tests/quick_pipeline), for the
+"""Real DVC repositories with a quick stand-in pipeline (bench/harness/quick_pipeline), for the
 dashboard's tests and benchmark: real git, real `dvc repro` and `dvc exp run`, in seconds."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from bench.harness.project import REPO, default_params, merged
 from dashboard.dvc_cli import dvc_env
-from tests.conftest import REPO, default_params, merged
 
 QUICK = Path(__file__).parent / "quick_pipeline"
 # Six seeds a prompt: the tests count gallery rows for these, whatever the real default is.

@@ -1,5 +1,7 @@
-"""One way to load the base model (+ a LoRA) for every stage and for the dashboard, so that the
-tiny model and Stable Diffusion 1.5 take exactly the same code path.
+"""One way to load the base model (+ a LoRA) for every stage that runs it (train_lora,
+generate_text_to_image), so that the tiny model and Stable Diffusion 1.5 take exactly the same
+code path. The dashboard never loads a model: its page's kernel must not import torch (a test
+checks it).
 
 set_up_diffusers writes outputs/base_model/model.json, a record of where the base model is:
 the tiny pipeline folder, a hub id with its resolved commit (weights stay in the hub cache), or
@@ -21,8 +23,8 @@ from diffusers import (
     StableDiffusionPipeline,
 )
 
-from stages import paths
-from stages.errors import StageError
+from stages.common import paths
+from stages.common.errors import StageError
 
 log = logging.getLogger(__name__)
 

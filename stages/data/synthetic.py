@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from stages.pokemon import TYPES
+from stages.data.pokemon import TYPES
 
 RGB = tuple[int, int, int]
 

@@ -12,9 +12,9 @@ from safetensors.torch import load_file, save_file
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from stages import paths
-from stages.errors import StageError
-from stages.tensors import to_unit_range
+from stages.common import paths
+from stages.common.errors import StageError
+from stages.models.tensors import to_unit_range
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"

@@ -23,11 +23,11 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from stages import paths
-from stages.diffusion import tokenize
-from stages.errors import StageError
-from stages.fsutil import atomic_write_bytes
-from stages.tensors import to_unit_range
+from stages.common import paths
+from stages.common.errors import StageError
+from stages.common.fsutil import atomic_write_bytes
+from stages.models.diffusion import tokenize
+from stages.models.tensors import to_unit_range
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from stages.errors import ParamsError, StageError, StageInterrupted
+from stages.common.errors import ParamsError, StageError, StageInterrupted
 
 
 def run_stage(main: Callable[[], None]) -> None:

@@ -1,4 +1,4 @@
-"""The embedded base model: a tiny Stable Diffusion built from configs in stages/tiny_sd and
+"""The embedded base model: a tiny Stable Diffusion built from configs in stages/models/tiny_sd and
 pretrained on synthetic creatures, so that the whole pipeline runs offline on a laptop CPU.
 
 It has Stable Diffusion's parts and layout (a CLIP text encoder and tokenizer, a KL autoencoder,
@@ -24,10 +24,10 @@ from tokenizers import pre_tokenizers
 from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from stages.images import to_square
-from stages.pokemon import TYPES
-from stages.synthetic import creature_rng, draw_creature
-from stages.tensors import to_unit_range
+from stages.data.images import to_square
+from stages.data.pokemon import TYPES
+from stages.data.synthetic import creature_rng, draw_creature
+from stages.models.tensors import to_unit_range
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages import paths
-from stages.errors import StageError
+from stages.common import paths
+from stages.common.errors import StageError
 
 
 def read_stats(path: Path = paths.STATS) -> pd.DataFrame:

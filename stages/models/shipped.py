@@ -1,9 +1,9 @@
 """The shipped tiny base model: where it lies in the repository, the sha256 of its files, and
 the check that set_up_diffusers makes before it copies it into place.
 
-stages/tiny_sd/pretrained is a diffusers folder with float16 weights (a few MB), made once by
-`python -m stages.pretrain_tiny`; stages/tiny_sd/pretrained.json is its record: the recipe, the
-code commit, the figures and every file's sha256.
+stages/models/tiny_sd/pretrained is a diffusers folder with float16 weights (a few MB), made
+once by `python -m stages.pretrain_tiny`; stages/models/tiny_sd/pretrained.json is its record:
+the recipe, the code commit, the figures and every file's sha256.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from stages.errors import StageError
-from stages.tiny_model import CONFIGS
+from stages.common.errors import StageError
+from stages.models.tiny_model import CONFIGS
 
 SHIPPED = CONFIGS / "pretrained"  # the shipped diffusers folder, weights in float16
 SHIPPED_RECORD = CONFIGS / "pretrained.json"
