@@ -43,7 +43,7 @@ NOTEBOOK = "dashboard.ipynb"
 @pytest.fixture(scope="module")
 def lab_repo(tmp_path_factory) -> Path:
     """A DVC repository with two experiments and a notebook whose one cell is the README's."""
-    from tests.quick_repo import exp_run, make_quick_repo
+    from bench.harness.quick_repo import exp_run, make_quick_repo
 
     repo = make_quick_repo(tmp_path_factory.mktemp("lab") / "repo")
     exp_run(repo, "rank-8", "train_lora.rank=8")
