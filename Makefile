@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo pipeline lock test lint format clean-venv dashboard chromium
+.PHONY: setup demo pipeline lock test test-slow test-all lint format clean-venv dashboard chromium
 
 setup: $(VENV)/.installed
 
@@ -62,7 +62,17 @@ chromium:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
+# `make test`: everything but the long end-to-end runs marked slow (about 15 minutes on 2
+# cores); `make test-slow`: those (the default pipeline from nothing against dvc.lock, the
+# pipeline through dvc, twenty queued experiments, interrupted and killed training runs resumed);
+# `make test-all`: both. CI runs test, then test-slow.
 test: setup chromium
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup chromium
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: setup chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint:

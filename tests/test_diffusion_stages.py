@@ -161,6 +161,7 @@ def test_same_seed_and_params_give_the_same_lora_twice(pipeline_run):
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_where_it_stopped(pipeline_run, tmp_path):
     """Ctrl-C saves a checkpoint at the end of the current step; the next run continues from
     it, no step is done twice, and the LoRA equals an uninterrupted run's."""
@@ -189,6 +190,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(pipeline_run, tmp_path):
     work.write_params(**TINY)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(pipeline_run):
     work = pipeline_run
     settings = {

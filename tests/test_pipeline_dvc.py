@@ -200,17 +200,20 @@ def test_whole_pipeline_then_two_experiments_compared_by_dvc_metrics_and_plots(t
     from dashboard.app import Dashboard
 
     app = Dashboard(repo, watch=False)
-    assert app.banner.layout.display == "none", app.banner.value
+    panels = app.panels
+    assert panels.header.banner.layout.display == "none", panels.header.banner.value
     app.pick(["rank-8", "rank-2"])
-    assert "train_lora" in app.curve_choice.value and "loss" in app.curve_choice.value
-    traces = {t.name for t in app.curves.figure.data if t.showlegend is not False}
+    assert "train_lora" in panels.curves.choice.value and "loss" in panels.curves.choice.value
+    traces = {t.name for t in panels.curves.plot.figure.data if t.showlegend is not False}
     assert traces == {"rank-8", "rank-2"}
     # the base model's images are the same for both: shown once
-    assert [c["label"] for c in app.gallery.columns] == ["rank-8 · base", "rank-8 · LoRA",
-                                                         "rank-2 · LoRA"]  # fmt: skip
-    assert "the same for rank-2" in app.gallery.columns[0]["detail"]
+    gallery = panels.gallery.gallery
+    labels = [c["label"] for c in gallery.columns]
+    assert labels == ["rank-8 · base", "rank-8 · LoRA", "rank-2 · LoRA"]
+    assert "the same for rank-2" in gallery.columns[0]["detail"]
     prompts, seeds = TINY["generate"]["prompts"], TINY["generate"]["seeds"]
-    assert len(app.gallery.rows) == len(prompts) * len(seeds)
-    assert all("src" in cell for row in app.gallery.rows for cell in row["cells"])
-    assert "rank=8" in app.gallery.columns[1]["detail"]
-    assert len([t for t in app.confusion.figure.data if t.type == "heatmap"]) == 2
+    assert len(gallery.rows) == len(prompts) * len(seeds)
+    assert all("src" in cell for row in gallery.rows for cell in row["cells"])
+    assert "rank=8" in gallery.columns[1]["detail"]
+    confusion = panels.classifier.confusion.figure.data
+    assert len([t for t in confusion if t.type == "heatmap"]) == 2
