@@ -234,9 +234,9 @@ def test_interval(row, expected):
     assert views.interval(pd.Series(row), "lift") == expected
 
 
-def test_views_import_no_widgets():
+def test_views_and_commands_import_no_widgets():
     code = (
-        "import sys, dashboard.views, dashboard.state; "
+        "import sys, dashboard.views, dashboard.state, dashboard.commands; "
         "found = sorted({'ipywidgets', 'anywidget', 'traitlets'} & set(sys.modules)); "
         "print(found); sys.exit(1 if found else 0)"
     )
