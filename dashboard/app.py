@@ -183,7 +183,12 @@ class Dashboard:
 
     def _layout(self) -> w.Widget:
         """The table with the picked experiments' actions, and beside it the comparison in
-        tabs (the Pokémon first); launching and the queue in a tab of their own."""
+        tabs (the Pokémon first); launching and the queue in a tab of their own.
+
+        The table takes 3 parts of the width to the comparison's 2, from bases of 720 and
+        460 px: at 1400 px the table shows name, state and the key metrics without scrolling
+        sideways, at 1920 nearly all its columns; below about 1290 px the comparison wraps
+        under the table and both take the whole width."""
         p = self.panels
         compare = w.Tab(
             children=[p.gallery.widget, p.curves.widget, p.overview.widget, p.classifier.widget]
@@ -193,9 +198,9 @@ class Dashboard:
         compare.add_class("compare-tabs")
         left = w.VBox(
             [p.table.widget, p.actions.widget],
-            layout=w.Layout(flex="1 1 640px", min_width="0", margin="0 12px 0 0"),
+            layout=w.Layout(flex="3 1 720px", min_width="0", margin="0 12px 0 0"),
         )
-        right = w.VBox([compare], layout=w.Layout(flex="1 1 520px", min_width="0"))
+        right = w.VBox([compare], layout=w.Layout(flex="2 1 460px", min_width="0"))
         experiments = w.HBox([left, right], layout=w.Layout(flex_flow="row wrap"))
         experiments.add_class("experiments-view")
         run = w.VBox([p.launch.widget, p.queue.widget])
