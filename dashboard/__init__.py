@@ -7,6 +7,9 @@
                        questions (the text of the confirm questions)
     controller         app.Dashboard: owns the state, the store, the watcher and the plot
                        reader; every command goes through Dashboard.perform
+    commands           commands.Launcher (the Run tab) and commands.PickedActions (apply,
+                       undo, branch, rename, remove, push, pull): given the controller's
+                       narrow interface, called by the panels
     widgets            panels/ (header, table, compare, run, actions), widgets (the anywidget
                        table and gallery), plots (plotly figures), form (the launch form)"""
 

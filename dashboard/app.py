@@ -7,10 +7,13 @@ their own. Refreshed on its own when experiments change. Served by Voila
     Dashboard(".")
 
 `Dashboard` is the controller (the Elm architecture's update): it owns the one state
-(dashboard.state.DashboardState), the store, the watcher and the background reader of plots.
-Every command of a panel comes here and runs through `perform`: it takes the lock, says any
-error in the page (and logs it), and the command redraws what it changed from the view models
-(dashboard.views) into the panels (dashboard.panels)."""
+(dashboard.state.DashboardState), the store, the watcher and the background reader of plots,
+and it reads, views and compares. What acts on experiments and the workspace (launching, the
+queue, apply and undo, branch, rename, remove, push, pull) lives in dashboard.commands, which
+it hands to the panels that send those commands. Every command, its own and theirs, runs
+through `perform`: it takes the lock, says any error in the page (and logs it), and the command
+redraws what it changed from the view models (dashboard.views) into the panels
+(dashboard.panels)."""
 
 from __future__ import annotations
 
@@ -30,8 +33,9 @@ import ipywidgets as w
 import pandas as pd
 
 from dashboard import actions, questions, views, workspace
+from dashboard.commands import Launcher, PickedActions
 from dashboard.data import FilterError, carry_picks, changed_params, to_csv, to_markdown
-from dashboard.dvc_cli import DvcError, error_text, interrupt
+from dashboard.dvc_cli import DvcError, error_text
 from dashboard.panels.actions import ActionsPanel
 from dashboard.panels.compare import ClassifierPanel, CurvesPanel, GalleryPanel, OverviewPanel
 from dashboard.panels.header import HeaderPanel
@@ -147,16 +151,15 @@ class Dashboard:
         # Commits whose experiments stay listed after HEAD moves on: those that had queued or
         # running experiments (they belong to the commit they were queued on).
         self.kept_baselines: set[str] = set()
-        self.running: dict[str, actions.WorkspaceRun] = {}  # workspace runs started here
-        self.work: threading.Thread | None = None  # the apply or undo going on, if any
-        self._process: Any = None  # its dvc process, for Cancel
-        self._confirmed: Callable[[], None] | None = None  # what Confirm does
         self._stamps: dict[str, object] = {}  # file -> (mtime, size) at the last look
         self._busy = threading.RLock()
         self._stop = threading.Event()
         # In a page the watcher compares first, once the table is drawn; in a script at once.
         self._comparing = not watch
         self._plot_reader = Coalescer(self._compare_in_background, background=watch)
+        # what acts on experiments and the workspace: the Run tab's and the actions bar's
+        self.launcher = Launcher(self)
+        self.picked_actions = PickedActions(self)
         self.panels = self._build(held=watch)
         self.widget = self._layout()
         self.refresh()
@@ -169,18 +172,23 @@ class Dashboard:
         return Panels(
             header=HeaderPanel(self.repo, lambda: self.refresh(force=True)),
             table=TablePanel(self),
-            actions=ActionsPanel(self),
+            actions=ActionsPanel(self.picked_actions),
             gallery=GalleryPanel(lambda mode: self.set_view(gallery_mode=mode)),
             curves=CurvesPanel(self.set_view, held),
             overview=OverviewPanel(self.set_view, held),
             classifier=ClassifierPanel(held),
-            launch=LaunchPanel(self, self.repo),
-            queue=QueuePanel(self),
+            launch=LaunchPanel(self.launcher, self.repo),
+            queue=QueuePanel(self.launcher),
         )
 
     def _layout(self) -> w.Widget:
         """The table with the picked experiments' actions, and beside it the comparison in
-        tabs (the Pokémon first); launching and the queue in a tab of their own."""
+        tabs (the Pokémon first); launching and the queue in a tab of their own.
+
+        The table takes 3 parts of the width to the comparison's 2, from bases of 720 and
+        460 px: at 1400 px the table shows name, state and the key metrics without scrolling
+        sideways, at 1920 nearly all its columns; below about 1290 px the comparison wraps
+        under the table and both take the whole width."""
         p = self.panels
         compare = w.Tab(
             children=[p.gallery.widget, p.curves.widget, p.overview.widget, p.classifier.widget]
@@ -190,9 +198,9 @@ class Dashboard:
         compare.add_class("compare-tabs")
         left = w.VBox(
             [p.table.widget, p.actions.widget],
-            layout=w.Layout(flex="1 1 640px", min_width="0", margin="0 12px 0 0"),
+            layout=w.Layout(flex="3 1 720px", min_width="0", margin="0 12px 0 0"),
         )
-        right = w.VBox([compare], layout=w.Layout(flex="1 1 520px", min_width="0"))
+        right = w.VBox([compare], layout=w.Layout(flex="2 1 460px", min_width="0"))
         experiments = w.HBox([left, right], layout=w.Layout(flex_flow="row wrap"))
         experiments.add_class("experiments-view")
         run = w.VBox([p.launch.widget, p.queue.widget])
@@ -522,281 +530,3 @@ class Dashboard:
 
     def close(self) -> None:
         self._stop.set()
-
-    # ----- launching and the queue (commands of the Run tab) -------------------------------
-    def queue(self, launches: list[actions.Launch]) -> None:
-        self.say(f"Queueing {len(launches)} experiment(s)...")
-        try:
-            names = actions.queue(self.repo, launches)
-        except actions.QueueError as error:  # part of a grid queued: show and follow those
-            self.state.launched.update(error.queued)
-            if error.queued:
-                self.refresh(force=True)
-            raise
-        self.state.launched.update(names)
-        self.say(f"Queued {len(names)}: {', '.join(names)}. Start the queue to run them.")
-        self.refresh(force=True)
-
-    def run_now(self, launch: actions.Launch) -> None:
-        """Start a workspace run; refused (WorkspaceBusy, naming the holder) while another tab
-        or process holds the workspace lock, which the run holds until it ends."""
-        run = actions.run_now(self.repo, launch)
-        name = launch.name or "workspace run"
-        self.running[name] = run
-        self.say(f"Running {name} in the workspace (log: {run.log.relative_to(self.repo)}).")
-        threading.Thread(target=self._wait_run, args=(name,), daemon=True).start()
-
-    def _wait_run(self, name: str) -> None:
-        run = self.running[name]
-        code = run.wait()  # releases the workspace lock
-
-        def after_run() -> None:
-            if code == 0:
-                self.say(f"{name} finished.")
-            else:
-                text = run.log.read_text(errors="replace") if run.log.exists() else ""
-                self.state.log_html = questions.pre(questions.tail(text), "run-log")
-                self.render_queue()
-                self.say(f"{name} failed (exit {code}); its log:", error=True)
-            self.refresh(force=True)
-
-        self.perform(after_run, f"after {name}")
-
-    def start_queue(self, jobs: int) -> None:
-        actions.queue_start(self.repo, jobs)
-        self.say(f"Queue started with {jobs} worker(s).")
-        self.render_queue()
-
-    def stop_queue(self) -> None:
-        actions.queue_stop(self.repo)
-        self.say("Queue stopping: running experiments finish, queued ones wait.")
-        self.render_queue()
-
-    def kill_picked(self) -> None:
-        running = views.picked_rows(self.state.frame, self.state.picked, {S.RUNNING})
-        if not running:
-            raise ValueError("pick a running experiment first")
-        actions.queue_kill(self.repo, self._targets(running))
-        self.say(f"Interrupted {', '.join(r['name'] for r in running)}.")
-        self.refresh(force=True)
-
-    def show_log(self, name: str | None) -> None:
-        if not name:
-            raise ValueError("no queued experiment has a log yet")
-        text = questions.tail(actions.queue_logs(self.repo, name))
-        self.state.log_html = questions.pre(
-            text or f"{name} has printed nothing yet.", "queue-log"
-        )
-        self.render_queue()
-
-    # ----- acting on the picked (commands of the actions bar) ------------------------------
-    def _one_picked(self) -> dict[str, Any]:
-        rows = views.picked_rows(self.state.frame, self.state.picked)
-        if len(rows) != 1:
-            raise ValueError(
-                "pick exactly one experiment (not a baseline or the workspace); "
-                f"{len(rows)} picked"
-            )
-        return rows[0]
-
-    def _targets(self, rows: list[dict[str, Any]]) -> list[actions.Target]:
-        """The picked rows as dvc will be given them: full refs (queue tasks: ids), checked
-        against the repository now."""
-        return [actions.target(self.repo, row) for row in rows]
-
-    def _shown(self, item: actions.Target) -> str:
-        return questions.shown_name(
-            item.name, item.rev, actions.name_warning(self.repo, item.name)
-        )
-
-    def ask(self, question: str, confirmed: Callable[[], None] | None) -> None:
-        """Show a question; Confirm runs `confirmed` (None: no Confirm yet, a note while the
-        question's facts are found out; "": no question)."""
-        self.state.question = question or None
-        self.state.can_confirm = confirmed is not None
-        self._confirmed = confirmed
-        self.render_actions()
-
-    def confirm(self) -> None:
-        action = self._confirmed
-        self.ask("", None)
-        if action is not None:
-            self.perform(action, getattr(action, "__name__", "confirmed action"))
-
-    def dismiss(self) -> None:
-        self.ask("", None)
-
-    def ask_apply(self) -> None:
-        row = self._one_picked()
-        if row["state"] != S.SUCCESS:
-            raise ValueError(
-                f"{row['name']} is {row['state']}: only a finished experiment can be applied"
-            )
-        (item,) = self._targets([row])  # by its full ref: `main` is the experiment, not the branch
-        # the question at once, without Confirm, while git and dvc say what would be overwritten
-        checking = "<div class='apply-checking'>Checking what it would overwrite…</div>"
-        self.ask(self._apply_question(row, item) + checking, None)
-        try:
-            what = actions.overwritten(self.repo, item)
-        except BaseException:
-            self.ask("", None)
-            raise
-        self._ask_apply(row, item, what)
-
-    def _apply_question(self, row: dict[str, Any], item: actions.Target) -> str:
-        return questions.apply_question(
-            self._shown(item), views.apply_preview(self.state.frame, row)
-        )
-
-    def _ask_apply(
-        self,
-        row: dict[str, Any],
-        item: actions.Target,
-        what: workspace.Overwritten,
-        note: str = "",
-    ) -> None:
-        question = note + self._apply_question(row, item) + questions.overwritten_html(what)
-
-        def apply() -> None:
-            self._apply(row, item, what)
-
-        self.ask(question, apply)
-
-    def _apply(
-        self, row: dict[str, Any], item: actions.Target, shown: workspace.Overwritten
-    ) -> None:
-        """At Confirm: apply, in the background, unless more would be overwritten than the
-        question said (then it asks again with the new list)."""
-
-        def apply_experiment(started: Callable[[Any], None]) -> None:
-            try:
-                number = actions.apply(self.repo, item, shown, started)
-            except workspace.ChangedSinceAsked as changed:
-                note = questions.changed_note("applied", changed.new)
-                self._ask_apply(row, item, changed.now, note)
-                self.say(f"Nothing applied: {changed}", error=True)
-                return
-            kept = len(workspace.entries(self.repo))
-            self.say(
-                f"Applied {item.name}: the workspace now holds its params and outputs; Undo "
-                f"brings back what was there (kept as undo entry {number}; {kept} kept in "
-                "all). Commit them with `git commit` (and `dvc push` to share the outputs)."
-            )
-            self.refresh(force=True)
-
-        self._in_background(f"Applying {item.name}", apply_experiment)
-
-    def ask_undo(self) -> None:
-        plan = workspace.undo_plan(self.repo)
-        if plan is None:
-            self.state.can_undo = False
-            self.render_actions()
-            raise ValueError("nothing to undo: no Apply from this page is kept")
-        self._ask_undo(plan)
-
-    def _ask_undo(self, plan: workspace.UndoPlan, note: str = "") -> None:
-        def undo() -> None:
-            self._undo(plan)
-
-        self.ask(note + questions.undo_html(plan), undo)
-
-    def _undo(self, shown: workspace.UndoPlan) -> None:
-        def undo_apply(started: Callable[[Any], None]) -> None:
-            try:
-                entry = actions.undo(self.repo, shown, started)
-            except workspace.UndoChangedSinceAsked as changed:
-                self._ask_undo(changed.plan, questions.changed_note("undone", changed.new))
-                self.say(f"Nothing undone: {changed}", error=True)
-                return
-            left = len(workspace.entries(self.repo))
-            more = f" {left} earlier Apply(s) can be undone too." if left else ""
-            self.say(
-                f"Undone: the workspace is back as it was before {entry.experiment} was "
-                f"applied.{more}"
-            )
-            self.refresh(force=True)
-
-        self._in_background("Undoing the last Apply", undo_apply)
-
-    def _in_background(self, doing: str, work: Callable[[Callable[[Any], None]], None]) -> None:
-        """Run `work(started)` on a thread, through the command path, so that the page stays
-        live and Cancel can stop the dvc process that `started` is handed (SIGINT, never a
-        kill)."""
-        if self.work is not None and self.work.is_alive():
-            raise ValueError(f"{self.work.name} is still going: wait for it to finish")
-
-        def started(process: Any) -> None:
-            self._process = process
-            self.state.working = True
-            self.render_actions()
-
-        def body() -> None:
-            def run() -> None:
-                work(started)
-
-            try:
-                self.perform(run, work.__name__)
-            finally:
-                self._process = None
-                self.state.working = False
-                self.state.can_undo = workspace.has_undo(self.repo)
-                self.render_actions()
-
-        self.say(f"{doing}…")
-        self.work = threading.Thread(target=body, name=doing, daemon=True)
-        self.work.start()
-
-    def wait_for_work(self, timeout: float | None = None) -> None:
-        """Wait for the apply or undo going on (scripts and tests)."""
-        if self.work is not None:
-            self.work.join(timeout)
-
-    def cancel_work(self) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
-            raise ValueError("nothing to cancel: no apply or undo is running dvc")
-        interrupt(process)
-        self.say("Cancelling: dvc stops where it is safe to; Undo brings back what was there.")
-
-    def branch(self, new: str) -> None:
-        (item,) = self._targets([self._one_picked()])
-        actions.branch(self.repo, item, new)
-        self.say(f"Made branch {new} from {item.name}.")
-        self.panels.actions.clear_names()
-        self.refresh(force=True)
-
-    def rename(self, new: str) -> None:
-        (item,) = self._targets([self._one_picked()])
-        actions.rename(self.repo, item, new)
-        self.say(f"Renamed {item.name} to {new}.")
-        self.panels.actions.clear_names()
-        self.refresh(force=True)
-
-    def ask_remove(self) -> None:
-        rows = views.picked_rows(self.state.frame, self.state.picked)
-        if not rows:
-            raise ValueError("pick the experiments to remove first")
-        targets = self._targets(rows)  # resolved now; checked again at Confirm
-        question = (
-            f"Remove {len(targets)} experiment(s): "
-            f"{', '.join(self._shown(item) for item in targets)}? "
-            "Their git refs go; outputs stay in the DVC cache until `dvc gc`."
-        )
-
-        def remove() -> None:
-            actions.remove(self.repo, targets)  # nothing, and says so, if a ref moved since
-            self.say(f"Removed {', '.join(item.name for item in targets)}.")
-            self.refresh(force=True)
-
-        self.ask(question, remove)
-
-    def push(self, remote: str | None) -> None:
-        rows = views.picked_rows(self.state.frame, self.state.picked)
-        if not rows:
-            raise ValueError("pick the experiments to push first")
-        self.say(actions.push(self.repo, remote, self._targets(rows)))
-        self.refresh(force=True)
-
-    def pull(self, remote: str | None) -> None:
-        self.say(actions.pull(self.repo, remote))
-        self.refresh(force=True)

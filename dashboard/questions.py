@@ -1,6 +1,6 @@
 """The text of the dashboard's questions and answers about acting on experiments, as HTML: what
-an Apply overwrites, what an Undo brings back, the params an Apply changes. Pure: the controller
-(dashboard.app) asks them, the actions panel draws them."""
+an Apply overwrites, what an Undo brings back, the params an Apply changes. Pure: the commands
+(dashboard.commands) ask them, the actions panel draws them."""
 
 from __future__ import annotations
 

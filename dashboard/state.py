@@ -1,6 +1,7 @@
 """The dashboard's one state: what the page shows, as plain data (no widgets). The controller
-(dashboard.app.Dashboard) owns it and changes it; the view models (dashboard.views) turn it into
-what each panel draws; the panels only render and send commands."""
+(dashboard.app.Dashboard) owns it; it and the commands it hands the panels (dashboard.commands)
+change it; the view models (dashboard.views) turn it into what each panel draws; the panels
+only render and send commands."""
 
 from __future__ import annotations
 

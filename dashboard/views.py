@@ -26,7 +26,12 @@ from dashboard.state import ACTIVE, ENDED, NOT_PICKABLE, UNFINISHED, DashboardSt
 from dashboard.state import ExperimentState as S
 
 WORKSPACE = "workspace"
-SHOWN_FIXED = ["name", "state", "created"]  # id, parent, error, pid and root are not shown
+# The fixed columns shown (id, parent, error, pid and root are not): the name and state before
+# the key metrics, the time after them, so that a first view at 1400 px shows the key metrics
+# beside the Pokémon without scrolling sideways.
+SHOWN_BEFORE_KEYS = ["name", "state"]
+SHOWN_AFTER_KEYS = ["created"]
+SHOWN_FIXED = [*SHOWN_BEFORE_KEYS, *SHOWN_AFTER_KEYS]
 # What the pipeline exists for, first in the table and never hidden by "only columns that
 # differ": type fidelity of the base model's and the LoRA's images, their difference, the
 # classifier's F1 and the LoRA's final training loss.
@@ -148,12 +153,19 @@ def running_roots(frame: pd.DataFrame) -> dict[str, str]:
 
 # ----- the table -----------------------------------------------------------------------------
 def column_options(frame: pd.DataFrame) -> list[str]:
-    """Every column a person may choose, in the picker's order: the fixed ones, the key
-    metrics, then params, the other metrics and the deps."""
+    """Every column a person may choose, in the picker's order: name and state, the key
+    metrics, the time created, then params, the other metrics and the deps."""
     attrs = frame.attrs
     keys = key_metrics(frame)
     metrics = [m for m in attrs.get("metrics", []) if m not in keys]
-    return [*SHOWN_FIXED, *keys, *attrs.get("params", []), *metrics, *attrs.get("deps", [])]
+    return [
+        *SHOWN_BEFORE_KEYS,
+        *keys,
+        *SHOWN_AFTER_KEYS,
+        *attrs.get("params", []),
+        *metrics,
+        *attrs.get("deps", []),
+    ]
 
 
 def default_columns(frame: pd.DataFrame) -> list[str]:

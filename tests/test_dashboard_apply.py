@@ -158,7 +158,7 @@ def confirm_text(app: Dashboard) -> str:
 
 def click_confirm(app: Dashboard) -> None:
     app.panels.actions.confirm_yes.click()
-    app.wait_for_work(300)
+    app.picked_actions.wait_for_work(300)
 
 
 def test_the_page_lists_rechecks_at_confirm_applies_and_undoes(repo: Path):

@@ -127,8 +127,8 @@ def test_export_to_csv_downloads_the_table_as_shown(page: Page):
 
 def test_the_first_view_shows_key_metrics_and_the_workspace_pokemon(browser, tmp_path: Path):
     """Right after `make demo` (the workspace and its commit, no experiment yet), without a
-    click: the key metrics of every row with their intervals, the workspace picked, and its
-    Pokémon beside the table, in view."""
+    click: the key metrics of every row with their intervals, in view without scrolling
+    sideways at 1400 px, the workspace picked, and its Pokémon beside the table, in view."""
     from bench.harness.quick_repo import make_quick_repo
 
     repo = make_quick_repo(tmp_path / "repo")
@@ -142,7 +142,16 @@ def test_the_first_view_shows_key_metrics_and_the_workspace_pokemon(browser, tmp
             "cells => cells.map(c => c.dataset.column || '')"
         )
         keys = ["type_fidelity_base", "type_fidelity_lora", "lift", "f1", "final_loss"]
-        assert columns[1:4] == ["name", "state", "created"] and columns[4:9] == keys, columns
+        assert columns[1:3] == ["name", "state"] and columns[3:8] == keys, columns
+        assert columns[8] == "created", columns
+        # name, state and the key metrics in view: inside the page's width and not clipped by
+        # the table's own sideways scroll
+        scroller = page.locator(".xt-scroll").bounding_box()
+        for name in ["name", "state", *keys]:
+            box = page.locator(f'.xt-table th[data-column="{name}"]').bounding_box()
+            left, right, shown = box["x"], box["x"] + box["width"], f"{name}: {box} {scroller}"
+            assert left >= 0 and right <= 1400, shown
+            assert scroller["x"] <= left and right <= scroller["x"] + scroller["width"], shown
         for name in ("workspace", "main"):
             cells = row(page, name).locator("td").all_inner_texts()
             values = {key: cells[columns.index(key)] for key in keys}

@@ -83,7 +83,7 @@ def test_queue_a_grid_run_it_and_apply_one(app: Dashboard):
     assert "Apply grid-2" in question.replace("<b>", "").replace("</b>", "")
     assert "train_lora.rank: 4 → 16" in question
     app.panels.actions.confirm_yes.click()  # Confirm
-    app.wait_for_work(300)  # the apply runs in the background (the page stays live)
+    app.picked_actions.wait_for_work(300)  # the apply runs in the background (the page stays live)
     assert "Applied grid-2" in app.panels.header.status.value, app.panels.header.status.value
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["train_lora"]["rank"] == 16
@@ -110,7 +110,7 @@ def test_experiments_stay_listed_when_head_moves_while_they_run(app: Dashboard):
     """Experiments belong to the commit they were queued on; a commit made meanwhile moves HEAD,
     and `dvc exp show` (HEAD's experiments) would drop them from the table."""
     repo = app.store.path
-    app.queue([actions.Launch({"train_lora.rank": r}, f"r{r}") for r in (2, 8)])
+    app.launcher.queue([actions.Launch({"train_lora.rank": r}, f"r{r}") for r in (2, 8)])
     queued_on = app.state.frame.set_index("name").loc["r2", "parent"]
     (repo / "notes.txt").write_text("a commit made while experiments are queued\n")
     run(repo, "git", "add", "notes.txt")
@@ -135,7 +135,7 @@ def test_a_running_experiment_shows_its_curve_as_it_grows(app: Dashboard):
     """Queued from the page, an experiment is picked as it starts: its loss curve so far is read
     from the folder its queue task runs in, and it stays picked when it finishes (and its id
     changes from the queue entry to the experiment's commit)."""
-    app.queue([actions.Launch({"train_lora.max_steps": 20000}, "slow")])  # a 10 s run
+    app.launcher.queue([actions.Launch({"train_lora.max_steps": 20000}, "slow")])  # a 10 s run
     app.panels.queue.start_button.click()
     wait_for(app, lambda: states(app).get("slow") == "running")
     running = app.state.frame.set_index("name").loc["slow"]
@@ -176,7 +176,7 @@ def test_a_running_experiment_shows_its_curve_as_it_grows(app: Dashboard):
 def test_apply_warns_of_uncommitted_changes(app: Dashboard):
     repo = app.store.path
     actions.queue(repo, [actions.Launch({"train_lora.rank": 8}, "eight")])
-    app.start_queue(1)
+    app.launcher.start_queue(1)
     wait_for(app, lambda: states(app) == {"eight": "success"})
     (repo / "stage.py").write_text((repo / "stage.py").read_text() + "\n# edited\n")
     app.pick(["eight"])
@@ -260,7 +260,7 @@ def test_twenty_queued_at_once_with_a_failing_stage(app: Dashboard):
         actions.Launch({"train_lora.learning_rate": lr}, name) for name, lr in rates.items()
     ]
     launches.insert(3, actions.Launch({"train_lora.rank": 0}, "broken"))
-    app.queue(launches)
+    app.launcher.queue(launches)
     assert len(states(app)) == 20 and set(states(app).values()) == {"queued"}
     assert "data-queued='20'" in app.panels.queue.info.value
     app.panels.queue.jobs.value = 2
@@ -292,7 +292,7 @@ def test_twenty_queued_at_once_with_a_failing_stage(app: Dashboard):
 def test_a_killed_queue_worker_leaves_its_experiment_lost_not_running(app: Dashboard):
     """The worker running `slow` dies with everything it started (as when the machine kills
     it): `slow` reads as lost, never running, and the other worker carries on with `a`."""
-    app.queue(
+    app.launcher.queue(
         [
             actions.Launch({"train_lora.max_steps": 20000}, "slow"),  # time to kill it
             actions.Launch({"train_lora.rank": 2}, "a"),

@@ -141,6 +141,7 @@ def test_experiments_named_like_branches_and_names_made_from_the_page(shared):
     app.panels.actions.branch_name.value = "from-main"
     app.panels.actions.branch_button.click()
     assert "Made branch from-main from main." in said(app), said(app)
+    assert app.panels.actions.branch_name.value == ""  # done: the name field is cleared
     assert run(mine, "git", "rev-parse", "from-main").strip() == refs(mine)["main"]
     assert refs(mine)["main"] != run(mine, "git", "rev-parse", "main").strip()
 
@@ -161,6 +162,7 @@ def test_experiments_named_like_branches_and_names_made_from_the_page(shared):
         app.panels.actions.new_name.value = bad
         app.panels.actions.rename_button.click()
         assert why in said(app), (bad, said(app))
+        assert app.panels.actions.new_name.value == bad  # refused: kept, to be corrected
         app.panels.actions.branch_name.value = bad
         app.panels.actions.branch_button.click()
         assert why in said(app), (bad, said(app))
@@ -253,8 +255,8 @@ def test_two_tabs_cannot_run_in_one_workspace_at_once(tmp_path: Path):
     text = said(second)
     assert "cannot run an experiment in the workspace now" in text, text
     assert f"run an experiment in the workspace (process {os.getpid()})" in text
-    assert second.running == {}
-    process = first.running["workspace run"].process
+    assert second.launcher.running == {}
+    process = first.launcher.running["workspace run"].process
     held = {os.readlink(fd) for fd in Path(f"/proc/{process.pid}/fd").iterdir()}
     assert str(repo / ".dvc/tmp/dashboard/workspace.lock") in held  # dvc holds it too
 

@@ -54,8 +54,8 @@ def test_states_are_one_enum_that_reads_as_the_strings_dvc_writes():
 def test_key_metrics_come_first_and_are_never_hidden():
     model = views.table_model(state_of())
     assert model.columns[:8] == [
-        "name", "state", "created", "type_fidelity_base", "type_fidelity_lora", "lift", "f1",
-        "final_loss",
+        "name", "state", "type_fidelity_base", "type_fidelity_lora", "lift", "f1", "final_loss",
+        "created",
     ]  # fmt: skip
     # the same value in every row: hidden, unless it is a key metric
     assert "generate.seeds" not in model.columns
@@ -234,9 +234,9 @@ def test_interval(row, expected):
     assert views.interval(pd.Series(row), "lift") == expected
 
 
-def test_views_import_no_widgets():
+def test_views_and_commands_import_no_widgets():
     code = (
-        "import sys, dashboard.views, dashboard.state; "
+        "import sys, dashboard.views, dashboard.state, dashboard.commands; "
         "found = sorted({'ipywidgets', 'anywidget', 'traitlets'} & set(sys.modules)); "
         "print(found); sys.exit(1 if found else 0)"
     )

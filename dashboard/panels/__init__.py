@@ -1,6 +1,8 @@
 """The dashboard's panels: ipywidgets and anywidget views that draw their view model
-(dashboard.views) and send commands to the controller (dashboard.app.Dashboard). A panel never
-reaches into another one; it reads nothing but what `render` is handed.
+(dashboard.views) and send commands: those that read and view to the controller
+(dashboard.app.Dashboard), those that act on experiments to dashboard.commands (the run panels
+to its Launcher, the actions panel to its PickedActions). A panel never reaches into another
+one; it reads nothing but what `render` is handed.
 
     header.py   the title, the time of the last read, Refresh, the error banner and the status
     table.py    the experiments table, its filter, columns and export

@@ -1,6 +1,7 @@
 """What to do with the picked experiments, under the table: apply (with Undo and Cancel),
 branch, rename, remove, push, pull; and the question that a destructive action asks first,
-with its Confirm and Cancel buttons (`confirm_yes`, `confirm_no`)."""
+with its Confirm and Cancel buttons (`confirm_yes`, `confirm_no`). Its buttons call the
+commands on the picked (dashboard.commands.PickedActions)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,15 @@ class ActionsPanel(Panel):
         def perform(action, name):
             return lambda: commands.perform(action, name)
 
+        def named(action, field: w.Text, name):
+            """Run `action(field's text)`; once it worked, the name fields are cleared."""
+
+            def click() -> None:
+                if commands.perform(lambda: action(field.value.strip()), name):
+                    self.clear_names()
+
+            return click
+
         self.apply_button = button(
             "Apply",
             "check",
@@ -55,14 +65,14 @@ class ActionsPanel(Panel):
             "Branch",
             "code-fork",
             "dvc exp branch: make a git branch of the picked",
-            perform(lambda: commands.branch(self.branch_name.value.strip()), "branch"),
+            named(commands.branch, self.branch_name, "branch"),
         )
         self.new_name = w.Text(placeholder="new name", layout=w.Layout(width="160px"))
         self.rename_button = button(
             "Rename",
             "pencil",
             "dvc exp rename the picked experiment",
-            perform(lambda: commands.rename(self.new_name.value.strip()), "rename"),
+            named(commands.rename, self.new_name, "rename"),
         )
         self.remove_button = button(
             "Remove",

@@ -1,6 +1,7 @@
 """The "Run experiments" tab: the launch form (dashboard.form, built from the params schema) and
 the DVC queue (workers, start, stop, kill the picked, logs). Queue and Run now hand the form's
-launches to the controller, whose one command path queues or runs them."""
+launches to the run commands (dashboard.commands.Launcher), which queue or run them through the
+controller's one command path."""
 
 from __future__ import annotations
 
