@@ -126,10 +126,15 @@ def measure(repo: Path, count: int, browser, log: Path) -> dict[str, float]:
             f"document.querySelector('.experiment-count')?.dataset.shown === "
             f"'{expected_filtered}'",
         )
-        clear = ("const box = document.querySelector('.dashboard-toolbar input'); box.value = '';"
-                 "box.dispatchEvent(new Event('change', {bubbles: true}));")  # fmt: skip
-        timed(page, clear, f"document.querySelector('.experiment-count')?.dataset.shown === "
-              f"'{len(frame)}'")  # fmt: skip
+        clear = (
+            "const box = document.querySelector('.dashboard-toolbar input'); box.value = '';"
+            "box.dispatchEvent(new Event('change', {bubbles: true}));"
+        )
+        timed(
+            page,
+            clear,
+            f"document.querySelector('.experiment-count')?.dataset.shown === '{len(frame)}'",
+        )
         # Compare the two best, as from a leaderboard: their plots were not read ahead.
         picks = [name for name in top["name"] if name not in ("workspace",)][:2]
         page.get_by_role("button", name="Clear picks").click()
@@ -154,9 +159,11 @@ def measure(repo: Path, count: int, browser, log: Path) -> dict[str, float]:
         experiments = int(page.get_attribute(".experiment-count", "data-experiments"))
         exp_run(repo, "fresh", "train_lora.rank=2")
         figures["new experiment in the table after `dvc exp run` returns"] = timed(
-            page, "", f"document.querySelector('.experiment-count')?.dataset.experiments === "
+            page,
+            "",
+            f"document.querySelector('.experiment-count')?.dataset.experiments === "
             f"'{experiments + 1}'",
-        )  # fmt: skip
+        )
         context.close()
     return figures
 
@@ -176,8 +183,10 @@ def main() -> None:
             print(f"built {count} experiments in {time.perf_counter() - start:.0f} s", flush=True)
             results[count] = measure(repo, count, browser, root / f"voila-{count}.log")
         browser.close()
-    print(f"\n{platform.machine()}, {platform.python_version()}, Chromium headless, Voila with "
-          "one preheated kernel\n")  # fmt: skip
+    print(
+        f"\n{platform.machine()}, {platform.python_version()}, Chromium headless, Voila with "
+        "one preheated kernel\n"
+    )
     print("| measure | " + " | ".join(f"{n} experiments (s)" for n in results) + " |")
     print("|---|" + "---:|" * len(results))
     for name in next(iter(results.values())):

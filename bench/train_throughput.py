@@ -91,9 +91,13 @@ def prepare(pipe, device: torch.device, dtype: torch.dtype, cfg: TrainLoraParams
         model.requires_grad_(False)
         model.to(dtype=dtype)
     pipe.unet.add_adapter(
-        LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                   target_modules=list(cfg.target_modules))
-    )  # fmt: skip
+        LoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.alpha,
+            init_lora_weights="gaussian",
+            target_modules=list(cfg.target_modules),
+        )
+    )
     trainable = [p for p in pipe.unet.parameters() if p.requires_grad]
     for p in trainable:
         p.data = p.data.float()
@@ -132,8 +136,9 @@ def train_cached(pipe, examples, cfg, steps, warmup, device, dtype) -> dict:
         index = torch.from_numpy(rng.integers(0, 2 * n, cfg.batch_size))
         mean, std = encoded.mean[index], encoded.std[index]
         latents = (mean + std * torch.randn(mean.shape, generator=generator)) * scaling
-        loss = denoising_loss(pipe.unet, scheduler, latents, encoded.hidden[index % n],
-                              generator, cfg)  # fmt: skip
+        loss = denoising_loss(
+            pipe.unet, scheduler, latents, encoded.hidden[index % n], generator, cfg
+        )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -172,9 +177,11 @@ def generation(pipe, device, dtype, size: int, batch_sizes: list[int], count: in
     rows = []
     for batch_size in batch_sizes:
         settings = GenerateParams(
-            prompts=["a pkmnlora pokemon"], seeds=list(range(count)),
-            num_inference_steps=25, batch_size=batch_size,
-        )  # fmt: skip
+            prompts=["a pkmnlora pokemon"],
+            seeds=list(range(count)),
+            num_inference_steps=25,
+            batch_size=batch_size,
+        )
         draw(pipe, settings, 1.0, f"batch {batch_size}", size)  # warm-up
         sync(device)
         start = time.perf_counter()
@@ -205,18 +212,27 @@ def main() -> None:
         make_dataset(folder, args.images, args.size)
         examples = read_dataset(folder)
         results = {}
-        for name, method in (("encode every step", train_encode_every_step),
-                             ("cached (train_lora)", train_cached)):  # fmt: skip
+        for name, method in (
+            ("encode every step", train_encode_every_step),
+            ("cached (train_lora)", train_cached),
+        ):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            results[name] = method(build_pipe(args.sd15), examples, cfg, args.steps, 3, device,
-                                   dtype)  # fmt: skip
+            results[name] = method(
+                build_pipe(args.sd15), examples, cfg, args.steps, 3, device, dtype
+            )
             if device.type == "cuda":
                 results[name]["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        generated = generation(build_pipe(args.sd15), device, dtype, args.size,
-                               sorted({1, min(8, args.generate)}), args.generate)  # fmt: skip
+        generated = generation(
+            build_pipe(args.sd15),
+            device,
+            dtype,
+            args.size,
+            sorted({1, min(8, args.generate)}),
+            args.generate,
+        )
         generation_peak = (
             torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
         )

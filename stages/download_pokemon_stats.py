@@ -38,9 +38,13 @@ def fetch_stats_csv(data: DataParams) -> bytes:
     location = str(data.stats_url)
     if is_url(location):
         settings = FetchSettings(
-            timeout=data.timeout, retries=data.retries, backoff=data.backoff, concurrency=1,
-            max_bytes=data.max_bytes, deadline=data.deadline,
-        )  # fmt: skip
+            timeout=data.timeout,
+            retries=data.retries,
+            backoff=data.backoff,
+            concurrency=1,
+            max_bytes=data.max_bytes,
+            deadline=data.deadline,
+        )
         try:
             return get_bytes(make_session(settings), location, settings)
         except FetchError as error:
@@ -68,9 +72,12 @@ def parse_csv(data: bytes, where: str, max_rows: int | None = None) -> pd.DataFr
     for encoding in ("utf-8-sig", "cp1252"):
         try:
             frame = pd.read_csv(
-                io.BytesIO(data), dtype=str, keep_default_na=False, encoding=encoding,
+                io.BytesIO(data),
+                dtype=str,
+                keep_default_na=False,
+                encoding=encoding,
                 nrows=None if max_rows is None else max_rows + 1,
-            )  # fmt: skip
+            )
         except UnicodeDecodeError:
             continue
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
@@ -106,9 +113,12 @@ def main() -> None:
     atomic_write_json(paths.STATS_REPORT, report)
     log.info(
         "%d Pokémon from %d rows (%d forms collapsed, %d rows dropped) -> %s",
-        report["pokemon"], report["rows_in"], report["forms_collapsed"],
-        len(report["dropped"]), paths.STATS,
-    )  # fmt: skip
+        report["pokemon"],
+        report["rows_in"],
+        report["forms_collapsed"],
+        len(report["dropped"]),
+        paths.STATS,
+    )
 
 
 if __name__ == "__main__":

@@ -103,10 +103,15 @@ def main() -> None:
         diversities[f"diversity_{variant}"] = round(diversity(images), 4)
         for entry, p, c in zip(entries, probability, called[variant], strict=True):
             rows.append(
-                {"variant": variant, "prompt": entry["prompt"], "seed": entry["seed"],
-                 "image": entry[variant], "probability": round(float(p), 4),
-                 f"is_{config['pokemon_type'].lower()}": bool(c)}
-            )  # fmt: skip
+                {
+                    "variant": variant,
+                    "prompt": entry["prompt"],
+                    "seed": entry["seed"],
+                    "image": entry[variant],
+                    "probability": round(float(p), 4),
+                    f"is_{config['pokemon_type'].lower()}": bool(c),
+                }
+            )
     metrics = {
         "pokemon_type": config["pokemon_type"],
         **fidelity_metrics(called),

@@ -41,8 +41,12 @@ def jobs(settings: GenerateParams) -> list[tuple[str, int]]:
 def initial_noise(pipe, seed: int, height: int, width: int) -> torch.Tensor:
     """The starting latents of one image: from its seed alone, on the CPU, so they are the same
     for the base and the LoRA and on any device."""
-    shape = (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor,
-             width // pipe.vae_scale_factor)  # fmt: skip
+    shape = (
+        1,
+        pipe.unet.config.in_channels,
+        height // pipe.vae_scale_factor,
+        width // pipe.vae_scale_factor,
+    )
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
@@ -100,8 +104,9 @@ def main() -> None:
     device = pick_device()
     dtype = pick_dtype(params.model.dtype, device)
     record = read_model_record()
-    pipe = load_pipeline(paths.LORA, record=record, device=device, dtype=dtype,
-                         scheduler=settings.scheduler)  # fmt: skip
+    pipe = load_pipeline(
+        paths.LORA, record=record, device=device, dtype=dtype, scheduler=settings.scheduler
+    )
     pipe.disable_lora()
     base = draw(pipe, settings, 1.0, "base images")
     pipe.enable_lora()
@@ -116,14 +121,22 @@ def main() -> None:
         atomic_write_json(
             out / "index.json",
             [
-                {"prompt": prompt, "seed": seed,
-                 "base": image_path(Path(), "base", prompt, seed).as_posix(),
-                 "lora": image_path(Path(), "lora", prompt, seed).as_posix()}
+                {
+                    "prompt": prompt,
+                    "seed": seed,
+                    "base": image_path(Path(), "base", prompt, seed).as_posix(),
+                    "lora": image_path(Path(), "lora", prompt, seed).as_posix(),
+                }
                 for prompt, seed in jobs(settings)
             ],
-        )  # fmt: skip
-    log.info("%d base and %d LoRA images in %s; side by side in %s", len(base), len(lora),
-             paths.GENERATED, paths.GENERATED / "grid.png")  # fmt: skip
+        )
+    log.info(
+        "%d base and %d LoRA images in %s; side by side in %s",
+        len(base),
+        len(lora),
+        paths.GENERATED,
+        paths.GENERATED / "grid.png",
+    )
 
 
 if __name__ == "__main__":

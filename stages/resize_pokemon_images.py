@@ -86,11 +86,22 @@ def main() -> None:
         write_metadata(lora_dir, training)
     atomic_write_json(
         paths.RESIZE_REPORT,
-        {"pokemon_type": pokemon_type, "size": settings.size, "images": len(everything),
-         "training_images": len(training), "skipped": skipped},
-    )  # fmt: skip
-    log.info("%d images (%d of type %s for the LoRA), %d skipped -> %s", len(everything),
-             len(training), pokemon_type, len(skipped), paths.PROCESSED)  # fmt: skip
+        {
+            "pokemon_type": pokemon_type,
+            "size": settings.size,
+            "images": len(everything),
+            "training_images": len(training),
+            "skipped": skipped,
+        },
+    )
+    log.info(
+        "%d images (%d of type %s for the LoRA), %d skipped -> %s",
+        len(everything),
+        len(training),
+        pokemon_type,
+        len(skipped),
+        paths.PROCESSED,
+    )
 
 
 if __name__ == "__main__":

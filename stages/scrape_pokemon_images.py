@@ -102,9 +102,13 @@ def download_all(stats: pd.DataFrame, data: DataParams, out: Path) -> list[dict]
     template = str(data.images_url)
     items = [(row.id, image_url(template, row.id, row.name)) for row in stats.itertuples()]
     settings = FetchSettings(
-        timeout=data.timeout, retries=data.retries, backoff=data.backoff,
-        concurrency=data.concurrency, max_bytes=data.max_bytes, deadline=data.deadline,
-    )  # fmt: skip
+        timeout=data.timeout,
+        retries=data.retries,
+        backoff=data.backoff,
+        concurrency=data.concurrency,
+        max_bytes=data.max_bytes,
+        deadline=data.deadline,
+    )
     validate = image_validator(data.max_pixels)
     results: Iterable[FetchResult] = fetch_all(
         items, paths.download_cache_dir(), settings, validate, desc="download images"
@@ -114,9 +118,13 @@ def download_all(stats: pd.DataFrame, data: DataParams, out: Path) -> list[dict]
     for result in results:
         if result.error or result.path is None:
             failures.append(
-                {"id": result.key, "name": names[result.key], "url": result.url,
-                 "reason": result.error}
-            )  # fmt: skip
+                {
+                    "id": result.key,
+                    "name": names[result.key],
+                    "url": result.url,
+                    "reason": result.error,
+                }
+            )
             continue
         cached += result.cached
         content = result.path.read_bytes()
@@ -155,8 +163,13 @@ def main() -> None:
                 "Fix data.images_url or raise data.max_failures; files already fetched are "
                 "kept in the download cache and are not fetched again."
             )
-    log.info("%d images in %s, %d failed (see %s)", report["images"], paths.RAW_IMAGES,
-             len(failures), paths.SCRAPE_REPORT)  # fmt: skip
+    log.info(
+        "%d images in %s, %d failed (see %s)",
+        report["images"],
+        paths.RAW_IMAGES,
+        len(failures),
+        paths.SCRAPE_REPORT,
+    )
 
 
 if __name__ == "__main__":

@@ -133,11 +133,16 @@ def main() -> None:
             out,
             model,
             {
-                "width": WIDTH, "image_size": int(images.shape[-1]), "pokemon_type": pokemon_type,
-                "threshold": cfg.threshold, "seed": seed, "classifier": cfg.model_dump(),
-                "test_files": [rows[i]["file_name"] for i in test_ids], "metrics": metrics,
+                "width": WIDTH,
+                "image_size": int(images.shape[-1]),
+                "pokemon_type": pokemon_type,
+                "threshold": cfg.threshold,
+                "seed": seed,
+                "classifier": cfg.model_dump(),
+                "test_files": [rows[i]["file_name"] for i in test_ids],
+                "metrics": metrics,
             },
-        )  # fmt: skip
+        )
     log.info("held-out metrics on %d images: %s", len(test_ids), json.dumps(metrics))
 
 

@@ -109,9 +109,11 @@ def validation_image(pipe_parts: dict, prompt: str, seed: int):
     pipe.set_progress_bar_config(disable=True)
     with torch.inference_mode():
         return pipe(
-            prompt, num_inference_steps=20, guidance_scale=4.0,
+            prompt,
+            num_inference_steps=20,
+            guidance_scale=4.0,
             generator=torch.Generator().manual_seed(seed),
-        ).images[0]  # fmt: skip
+        ).images[0]
 
 
 def train(cfg: TrainLoraParams, seed: int) -> None:
@@ -132,9 +134,12 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
         record, digest, cfg.random_flip, cfg.train_text_encoder, cfg.mixed_precision
     )
     encoded = encode_dataset(
-        pipe, examples, cfg.random_flip, with_text=not cfg.train_text_encoder,
+        pipe,
+        examples,
+        cfg.random_flip,
+        with_text=not cfg.train_text_encoder,
         cache_file=paths.user_cache_dir() / "latents" / f"{cache_key}.safetensors",
-    )  # fmt: skip
+    )
     run = TrainingRun(cfg, accelerator, pipe)
     checkpoint_file = paths.user_cache_dir() / "checkpoints" / run_id / "checkpoint.safetensors"
     start_step, history = run.resume(load_checkpoint(checkpoint_file, run_id))
@@ -146,8 +151,13 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
         log_step(live, entry)
     started = time.monotonic()
     stop = StopRequest()
-    bar = tqdm(range(start_step, cfg.max_steps), desc="train lora", unit="step",
-               initial=start_step, total=cfg.max_steps)  # fmt: skip
+    bar = tqdm(
+        range(start_step, cfg.max_steps),
+        desc="train lora",
+        unit="step",
+        initial=start_step,
+        total=cfg.max_steps,
+    )
     for step in bar:
         entry = {"step": step, "loss": run.step(encoded, seed, step)}
         entry["lr"] = run.lr_scheduler.get_last_lr()[0]
@@ -176,9 +186,14 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
         save_lora(out, *run.trained_unwrapped())
         atomic_write_json(
             out / "params.json",
-            {"train_lora": cfg.model_dump(), "seed": seed, "base_model": record,
-             "training_images": len(examples), "fingerprint": run_id},
-        )  # fmt: skip
+            {
+                "train_lora": cfg.model_dump(),
+                "seed": seed,
+                "base_model": record,
+                "training_images": len(examples),
+                "fingerprint": run_id,
+            },
+        )
     checkpoint_file.unlink(missing_ok=True)
     log.info("LoRA saved to %s: %s", paths.LORA / paths.LORA_WEIGHTS, json.dumps(metrics))
 
@@ -207,8 +222,12 @@ class TrainingRun:
     ) -> None:
         self.cfg, self.accelerator, self.pipe = cfg, accelerator, pipe
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        lora = {"r": cfg.rank, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
-                "init_lora_weights": "gaussian"}  # fmt: skip
+        lora = {
+            "r": cfg.rank,
+            "lora_alpha": cfg.alpha,
+            "lora_dropout": cfg.dropout,
+            "init_lora_weights": "gaussian",
+        }
         unet, text_encoder = pipe.unet, pipe.text_encoder
         targets = list(cfg.target_modules)
         add_lora(unet, LoraConfig(**lora, target_modules=targets), "train_lora.target_modules")
@@ -225,10 +244,11 @@ class TrainingRun:
         self.params = [p for model in trained for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=1e-2)
         lr_scheduler = get_scheduler(
-            cfg.lr_scheduler, optimizer=optimizer,
+            cfg.lr_scheduler,
+            optimizer=optimizer,
             num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
             num_training_steps=cfg.max_steps * accelerator.num_processes,
-        )  # fmt: skip
+        )
         self.unet, self.optimizer, self.lr_scheduler = accelerator.prepare(
             unet, optimizer, lr_scheduler
         )
@@ -247,9 +267,13 @@ class TrainingRun:
     def pipeline_parts(self) -> dict:
         """The parts of a StableDiffusionPipeline with the LoRA as trained so far."""
         unet, _ = self.trained_unwrapped()
-        return {"vae": self.pipe.vae, "unet": unet, "tokenizer": self.pipe.tokenizer,
-                "text_encoder": self.accelerator.unwrap_model(self.text_encoder),
-                "scheduler": self.noise_scheduler}  # fmt: skip
+        return {
+            "vae": self.pipe.vae,
+            "unet": unet,
+            "tokenizer": self.pipe.tokenizer,
+            "text_encoder": self.accelerator.unwrap_model(self.text_encoder),
+            "scheduler": self.noise_scheduler,
+        }
 
     def step(self, encoded: Encoded, seed: int, step: int) -> float:
         """One optimisation step (gradient_accumulation micro-batches); its mean loss."""
@@ -285,12 +309,14 @@ class TrainingRun:
     def checkpoint(self, run_id: str, done: int, history: list[dict]) -> dict:
         unet, text_encoder = self.trained_unwrapped()
         return {
-            "fingerprint": run_id, "step": done, "history": history,
+            "fingerprint": run_id,
+            "step": done,
+            "history": history,
             "unet": lora_state(unet),
             "text_encoder": lora_state(text_encoder) if text_encoder is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
-        }  # fmt: skip
+        }
 
     def resume(self, state: dict | None) -> tuple[int, list[dict]]:
         """Load a checkpoint's adapters, optimiser and schedule: the number of steps done and
@@ -331,9 +357,13 @@ def write_timing(cfg: TrainLoraParams, start_step: int, seconds: float) -> None:
         ),
         "resumed_from_step": start_step,
     }
-    log.info("train_lora: %d steps in %.1f s (%.1f images/s)%s", steps_run, seconds,
-             timing["images_per_second"],
-             f", resumed from step {start_step}" if start_step else "")  # fmt: skip
+    log.info(
+        "train_lora: %d steps in %.1f s (%.1f images/s)%s",
+        steps_run,
+        seconds,
+        timing["images_per_second"],
+        f", resumed from step {start_step}" if start_step else "",
+    )
     atomic_write_json(paths.TRAIN_LORA_TIMING, timing)
 
 

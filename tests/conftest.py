@@ -179,10 +179,15 @@ TINY = {
     "classifier": {"epochs": 2, "batch_size": 16},
 }
 STAGES = [
-    "download_pokemon_stats", "scrape_pokemon_images", "resize_pokemon_images",
-    "set_up_diffusers", "train_lora", "generate_text_to_image",
-    "train_classifier", "evaluate",
-]  # fmt: skip
+    "download_pokemon_stats",
+    "scrape_pokemon_images",
+    "resize_pokemon_images",
+    "set_up_diffusers",
+    "train_lora",
+    "generate_text_to_image",
+    "train_classifier",
+    "evaluate",
+]
 
 
 @pytest.fixture(scope="session")

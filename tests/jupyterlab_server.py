@@ -24,10 +24,12 @@ KERNEL_DISPLAY_NAME = "Python (pokemon-lora venv)"
 # User settings of the lab, written before it starts: no "receive Jupyter news?" toast, no
 # update check, and the preferred kernel started without the kernel-choice dialog.
 LAB_SETTINGS = {
-    "@jupyterlab/apputils-extension/notification": {"fetchNews": "false",
-                                                    "checkForUpdates": False},
+    "@jupyterlab/apputils-extension/notification": {
+        "fetchNews": "false",
+        "checkForUpdates": False,
+    },
     "@jupyterlab/notebook-extension/tracker": {"autoStartDefaultKernel": True},
-}  # fmt: skip
+}
 
 
 def write_kernel_spec(data_dir: Path) -> Path:
@@ -53,8 +55,9 @@ def write_lab_settings(settings_dir: Path) -> None:
 
 def status_ok(base: str, token: str) -> bool:
     """Whether the server answers its REST API with this token (200 on /api/status)."""
-    request = urllib.request.Request(base + "api/status",
-                                     headers={"Authorization": f"token {token}"})  # fmt: skip
+    request = urllib.request.Request(
+        base + "api/status", headers={"Authorization": f"token {token}"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=2) as response:
             return response.status == 200
@@ -69,8 +72,10 @@ def jupyterlab_server(root: Path, log: Path, timeout: float = 120) -> Iterator[S
     runtime, lab settings and workspaces) are fresh ones beside `log`, so nothing of the
     user's own Jupyter set-up takes part; terminated at the end, kernels with it."""
     home = log.parent / "jupyter"
-    dirs = {name: home / name for name in ("config", "data", "runtime", "settings",
-                                           "workspaces", "ipython")}  # fmt: skip
+    dirs = {
+        name: home / name
+        for name in ("config", "data", "runtime", "settings", "workspaces", "ipython")
+    }
     for folder in dirs.values():
         folder.mkdir(parents=True, exist_ok=True)
     write_kernel_spec(dirs["data"])
@@ -79,9 +84,13 @@ def jupyterlab_server(root: Path, log: Path, timeout: float = 120) -> Iterator[S
     token = secrets.token_hex(16)
     bin_dir = Path(sys.executable).parent  # not resolved: a venv's python is a symlink
     command = [
-        str(bin_dir / "jupyter-lab"), "--no-browser",
-        "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-        f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False",
+        str(bin_dir / "jupyter-lab"),
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.root_dir={root}",
+        "--ServerApp.open_browser=False",
         f"--MappingKernelManager.default_kernel_name={KERNEL_NAME}",
         f"--LabApp.user_settings_dir={dirs['settings']}",
         f"--LabApp.workspaces_dir={dirs['workspaces']}",
@@ -89,7 +98,7 @@ def jupyterlab_server(root: Path, log: Path, timeout: float = 120) -> Iterator[S
         "--LabApp.news_url=None",
         "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate",
         "--LabApp.extension_manager=readonly",
-    ]  # fmt: skip
+    ]
     if os.geteuid() == 0:  # containers and CI often run as root, which jupyter refuses unasked
         command.append("--allow-root")
     env = {
@@ -105,17 +114,26 @@ def jupyterlab_server(root: Path, log: Path, timeout: float = 120) -> Iterator[S
     }
     base = f"http://127.0.0.1:{port}/"
     with log.open("w") as output:
-        process = subprocess.Popen(command, env=env, cwd=root, stdout=output,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+        process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=root,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + timeout
             while not status_ok(base, token):
                 if process.poll() is not None:
-                    raise RuntimeError(f"jupyter lab exited ({process.returncode}):\n"
-                                       f"{log.read_text()[-3000:]}")  # fmt: skip
+                    raise RuntimeError(
+                        f"jupyter lab exited ({process.returncode}):\n{log.read_text()[-3000:]}"
+                    )
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"jupyter lab did not answer in {timeout:.0f} s:\n"
-                                       f"{log.read_text()[-3000:]}")  # fmt: skip
+                    raise RuntimeError(
+                        f"jupyter lab did not answer in {timeout:.0f} s:\n"
+                        f"{log.read_text()[-3000:]}"
+                    )
                 time.sleep(0.3)
             yield Served(f"{base}lab?token={token}", token, base, port, process.pid, log)
         finally:

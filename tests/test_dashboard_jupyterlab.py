@@ -50,8 +50,9 @@ def lab_repo(tmp_path_factory) -> Path:
     exp_run(repo, "rank-16", "train_lora.rank=16")
     source = f"from dashboard import Dashboard\nDashboard({str(repo)!r})"
     kernelspec = {"name": KERNEL_NAME, "display_name": KERNEL_DISPLAY_NAME, "language": "python"}
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)],
-                                        metadata={"kernelspec": kernelspec})  # fmt: skip
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(source)], metadata={"kernelspec": kernelspec}
+    )
     nbformat.write(notebook, repo / NOTEBOOK)
     return repo
 
@@ -79,9 +80,11 @@ def wait_for_table(page: Page, log: Path) -> None:
         page.screenshot(path=log.parent / "no-table.png")
         prompts = page.locator(CELL_PROMPT).all_inner_texts()
         output = page.locator(CELL_OUTPUT).all_inner_texts()
-        pytest.fail(f"the dashboard did not render in JupyterLab: no table row in "
-                    f"{WAIT / 1000:.0f} s.\ncell prompts: {prompts}, cell output: {output}\n"
-                    f"server log:\n{log.read_text()[-3000:]}")  # fmt: skip
+        pytest.fail(
+            f"the dashboard did not render in JupyterLab: no table row in "
+            f"{WAIT / 1000:.0f} s.\ncell prompts: {prompts}, cell output: {output}\n"
+            f"server log:\n{log.read_text()[-3000:]}"
+        )
 
 
 def wait_for_images(page: Page, name: str, key: str) -> None:
@@ -90,8 +93,9 @@ def wait_for_images(page: Page, name: str, key: str) -> None:
         page.wait_for_function(
             "selector => { const images = [...document.querySelectorAll(selector)];"
             " return images.length > 0 && images.every(i => i.complete && i.naturalWidth > 0);}",
-            arg=COLUMN_IMAGES.format(key=key), timeout=WAIT,
-        )  # fmt: skip
+            arg=COLUMN_IMAGES.format(key=key),
+            timeout=WAIT,
+        )
     except PlaywrightTimeout:
         pytest.fail(f"{name}'s column of images ({key}) has no image or one that did not load")
 
@@ -101,9 +105,14 @@ def test_the_dashboard_in_a_jupyterlab_cell_compares_two_experiments(lab_repo: P
     with jupyterlab_server(lab_repo, tmp_path / "lab.log") as lab, sync_playwright() as pw:
         browser = launch(pw)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        context.on("request", lambda request: outside.append(request.url)
-                   if urllib.parse.urlsplit(request.url).hostname not in (None, "127.0.0.1")
-                   else None)  # fmt: skip
+        context.on(
+            "request",
+            lambda request: (
+                outside.append(request.url)
+                if urllib.parse.urlsplit(request.url).hostname not in (None, "127.0.0.1")
+                else None
+            ),
+        )
         page = context.new_page()
         page.goto(f"{lab.base}lab/tree/{NOTEBOOK}?token={lab.token}")
         expect(page.locator(NOTEBOOK_CELL).first).to_be_visible(timeout=WAIT)

@@ -54,9 +54,15 @@ def test_states_are_one_enum_that_reads_as_the_strings_dvc_writes():
 def test_key_metrics_come_first_and_are_never_hidden():
     model = views.table_model(state_of())
     assert model.columns[:8] == [
-        "name", "state", "type_fidelity_base", "type_fidelity_lora", "lift", "f1", "final_loss",
+        "name",
+        "state",
+        "type_fidelity_base",
+        "type_fidelity_lora",
+        "lift",
+        "f1",
+        "final_loss",
         "created",
-    ]  # fmt: skip
+    ]
     # the same value in every row: hidden, unless it is a key metric
     assert "generate.seeds" not in model.columns
     assert len(set(column(model, "type_fidelity_lora")) - {""}) == 1
@@ -197,8 +203,11 @@ def test_gallery_base_columns_stay_apart_when_their_images_differ():
     state = gallery_state(["rank-8", "lr-high"])
     model = views.gallery_model(state, digest=lambda file: file, inside=lambda file: file)
     assert [c["label"] for c in model.columns] == [
-        "rank-8 · base", "rank-8 · LoRA", "lr-high · base", "lr-high · LoRA",
-    ]  # fmt: skip
+        "rank-8 · base",
+        "rank-8 · LoRA",
+        "lr-high · base",
+        "lr-high · LoRA",
+    ]
     lora = views.gallery_model(gallery_state(["rank-8"], "lora"), str, str)
     assert [c["label"] for c in lora.columns] == ["rank-8 · LoRA"]
 

@@ -42,8 +42,9 @@ def test_set_up_diffusers_puts_the_shipped_tiny_model_in_place(pipeline_run):
     assert sorted(file_hashes(out / "pipeline")) == sorted(shipped["files"])
     for name in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
         half, full = load_file(SHIPPED / name), load_file(out / "pipeline" / name)
-        assert all(full[k].dtype == torch.float32 and torch.equal(full[k], half[k].float())
-                   for k in half)  # fmt: skip
+        assert all(
+            full[k].dtype == torch.float32 and torch.equal(full[k], half[k].float()) for k in half
+        )
     assert (out / "pipeline/model_index.json").is_file() and (out / "samples.png").is_file()
     assert Image.open(out / "samples.png").size == (5 * 64, 4 * (64 + 12))
 
@@ -108,9 +109,11 @@ def test_generate_writes_stable_paths_for_every_prompt_and_seed(pipeline_run):
             p.relative_to(out / variant).as_posix() for p in (out / variant).rglob("*.png")
         )
         assert names == [
-            "a-fire-type-pokemon/seed-0.png", "a-fire-type-pokemon/seed-1.png",
-            "a-pkmnlora-pokemon/seed-0.png", "a-pkmnlora-pokemon/seed-1.png",
-        ]  # fmt: skip
+            "a-fire-type-pokemon/seed-0.png",
+            "a-fire-type-pokemon/seed-1.png",
+            "a-pkmnlora-pokemon/seed-0.png",
+            "a-pkmnlora-pokemon/seed-1.png",
+        ]
     index = json.loads((out / "index.json").read_text())
     assert {(e["prompt"], e["seed"]) for e in index} == {
         (p, s) for p in TINY["generate"]["prompts"] for s in (0, 1)
@@ -257,12 +260,18 @@ def test_hub_model_id_is_read_from_the_hub_cache_offline_and_its_commit_recorded
     assert record == {"kind": "hub", "id": "tiny-org/tiny-sd", "revision": None, "commit": commit}
 
     loaded = subprocess.run(
-        [sys.executable, "-c",
-         "from stages.models.diffusion import load_pipeline; p = load_pipeline(); "
-         "print(type(p).__name__, p.unet.config.sample_size)"],
-        cwd=workdir.path, env={**stage_env(workdir.cache), **env_extra},
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "from stages.models.diffusion import load_pipeline; p = load_pipeline(); "
+            "print(type(p).__name__, p.unet.config.sample_size)",
+        ],
+        cwd=workdir.path,
+        env={**stage_env(workdir.cache), **env_extra},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.split() == ["StableDiffusionPipeline", "16"]
 

@@ -415,9 +415,14 @@ def test_a_slow_or_huge_stats_csv_stops_the_stage_with_the_reason(rogue_server, 
         ("/drip.csv", "download failed: deadline: not complete within data.deadline (1.5 s)"),
         ("/huge.csv", "download failed: 50.0 MB (Content-Length), over data.max_bytes (1.0 MB)"),
     ]:
-        params = {"source": "url", "stats_url": rogue_server.url + name, "retries": 0,
-                  "images_url": rogue_server.url + "/{id}.png", "deadline": 1.5,
-                  "max_bytes": 1_000_000}  # fmt: skip
+        params = {
+            "source": "url",
+            "stats_url": rogue_server.url + name,
+            "retries": 0,
+            "images_url": rogue_server.url + "/{id}.png",
+            "deadline": 1.5,
+            "max_bytes": 1_000_000,
+        }
         workdir.write_params(data=params)
         result = workdir.run("download_pokemon_stats", check=False)
         assert result.returncode == 2 and "Traceback" not in result.stderr

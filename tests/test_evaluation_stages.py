@@ -117,9 +117,15 @@ def test_report_notebook_runs_with_the_injected_params(pipeline_run):
     )
     work.write_params(**{**TINY, "train_lora": {**TINY["train_lora"], "rank": 3}})
     result = subprocess.run(
-        report_command(work), shell=True, cwd=work.path, env=stage_env(work.cache),
-        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        report_command(work),
+        shell=True,
+        cwd=work.path,
+        env=stage_env(work.cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     notebook = read(work, "outputs/report/report.ipynb")
     injected = next(
@@ -136,9 +142,15 @@ def test_report_notebook_runs_with_the_injected_params(pipeline_run):
     assert "start_time" not in json.dumps(notebook) and '"execution"' not in json.dumps(notebook)
     first = {p.name: p.read_bytes() for p in (work.path / "outputs/report").iterdir()}
     again = subprocess.run(
-        report_command(work), shell=True, cwd=work.path, env=stage_env(work.cache),
-        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        report_command(work),
+        shell=True,
+        cwd=work.path,
+        env=stage_env(work.cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     second = {p.name: p.read_bytes() for p in (work.path / "outputs/report").iterdir()}
     assert first.keys() == second.keys() == {"report.ipynb", "report.html"}

@@ -84,8 +84,9 @@ def test_dvc_repro_from_nothing_reproduces_the_committed_lock(tmp_path):
     here = lock_machine()
     if here == note:
         print(f"same machine kind as the lock ({note}): every output compared bit for bit")
-        changed = {name: (md5, found[name]) for name, md5 in expected.items()
-                   if found[name] != md5}  # fmt: skip
+        changed = {
+            name: (md5, found[name]) for name, md5 in expected.items() if found[name] != md5
+        }
         assert not changed, f"outputs differ from the committed dvc.lock: {changed}"
         status = git(repo, "status", "--porcelain")
         assert status == "", f"dvc repro changed committed files:\n{status}"

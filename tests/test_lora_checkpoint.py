@@ -49,13 +49,14 @@ def advance(model, optimizer, scheduler, step: int) -> None:
 
 def state_of(model, optimizer, scheduler) -> dict:
     return {
-        "fingerprint": "run-1", "step": 3,
+        "fingerprint": "run-1",
+        "step": 3,
         "history": [{"step": 0, "loss": 0.25, "lr": 1e-3}, {"step": 1, "loss": math.nan, "lr": 0}],
         "unet": {k: v.clone() for k, v in model.state_dict().items()},
         "text_encoder": None,
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": scheduler.state_dict(),
-    }  # fmt: skip
+    }
 
 
 def same(a, b) -> bool:

@@ -51,7 +51,7 @@ def test_every_params_entry_has_a_comment():
         ({"resize": {"caption_template": "a {kind}"}}, r"resize\.caption_template .*\{kind\}"),
         ({"resise": {"size": 32}}, r"unknown section resise; allowed: base, data, resize"),
     ],
-)  # fmt: skip
+)
 def test_bad_values_are_named_with_what_is_allowed(tmp_path, sections, expected):
     path = write(tmp_path, **sections)
     with pytest.raises(ParamsError) as caught:

@@ -19,8 +19,14 @@ pytestmark = pytest.mark.slow
 
 # What a user's clone holds: code, pipeline and params; no data, no outputs, no lock file.
 COPIED = [
-    "stages", "notebooks", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore",
-]  # fmt: skip
+    "stages",
+    "notebooks",
+    "dvc.yaml",
+    "params.yaml",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+]
 
 
 def make_repo(root: Path, **params: dict) -> Path:
@@ -74,9 +80,11 @@ def test_repro_caches_and_an_experiment_reruns_only_what_changed(tmp_path):
 
     first = dvc(repo, cache, "repro", "resize_pokemon_images")
     assert ran(first) == [
-        "check_params", "download_pokemon_stats", "scrape_pokemon_images",
+        "check_params",
+        "download_pokemon_stats",
+        "scrape_pokemon_images",
         "resize_pokemon_images",
-    ]  # fmt: skip
+    ]
     metadata = (repo / "data/processed/images/metadata.jsonl").read_text().splitlines()
     assert len(metadata) == 540
     first_image = repo / "data/processed/images" / json.loads(metadata[0])["file_name"]
@@ -124,9 +132,14 @@ def test_a_bad_param_stops_the_pipeline_before_any_output_is_deleted(tmp_path):
     params["resize"]["size"] = -3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
     result = subprocess.run(
-        ["dvc", "repro"], cwd=repo, env=stage_env(cache), capture_output=True, text=True,
-        timeout=600, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        ["dvc", "repro"],
+        cwd=repo,
+        env=stage_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     said = result.stdout + result.stderr
     assert result.returncode != 0
     assert ran(said) == ["check_params"], said
@@ -161,10 +174,19 @@ def test_whole_pipeline_then_two_experiments_compared_by_dvc_metrics_and_plots(t
     repo, cache = make_repo(tmp_path, **TINY), tmp_path / "cache"
     first = dvc(repo, cache, "repro")
     assert sorted(ran(first)) == sorted(
-        ["check_params", "download_pokemon_stats", "scrape_pokemon_images",
-         "resize_pokemon_images", "set_up_diffusers", "train_lora", "generate_text_to_image",
-         "train_classifier", "evaluate", "report"]
-    )  # fmt: skip
+        [
+            "check_params",
+            "download_pokemon_stats",
+            "scrape_pokemon_images",
+            "resize_pokemon_images",
+            "set_up_diffusers",
+            "train_lora",
+            "generate_text_to_image",
+            "train_classifier",
+            "evaluate",
+            "report",
+        ]
+    )
     assert (repo / "outputs/generated/grid.png").is_file()
     assert (repo / "outputs/report/report.html").is_file()
     git(repo, "add", "-A")
@@ -172,12 +194,18 @@ def test_whole_pipeline_then_two_experiments_compared_by_dvc_metrics_and_plots(t
 
     experiment = dvc(repo, cache, "exp", "run", "-n", "rank-8", "-S", "train_lora.rank=8")
     assert ran(experiment) == [
-        "check_params", "train_lora", "generate_text_to_image", "evaluate", "report",
-    ]  # fmt: skip
+        "check_params",
+        "train_lora",
+        "generate_text_to_image",
+        "evaluate",
+        "report",
+    ]
     dvc(repo, cache, "exp", "run", "-n", "rank-2", "-S", "train_lora.rank=2")
     experiments = exp_names(repo, cache)
-    ranks = {name: data["params"]["params.yaml"]["data"]["train_lora"]["rank"]
-             for name, data in experiments.items()}  # fmt: skip
+    ranks = {
+        name: data["params"]["params.yaml"]["data"]["train_lora"]["rank"]
+        for name, data in experiments.items()
+    }
     assert ranks == {"rank-8": 8, "rank-2": 2}
     lift = experiments["rank-8"]["metrics"]["outputs/evaluate/metrics.json"]["data"]["lift"]
     assert -1 <= lift <= 1

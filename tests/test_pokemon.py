@@ -53,9 +53,12 @@ def test_kaggle_layout_collapses_megas_and_keeps_names():
     assert set(stats["name"]) >= {"Nidoran♀", "Farfetch'd", "Mr. Mime"}
     assert report["forms_collapsed"] == 1
     assert report["columns"] == {
-        "id": "#", "name": "Name", "type1": "Type 1", "type2": "Type 2",
+        "id": "#",
+        "name": "Name",
+        "type1": "Type 1",
+        "type2": "Type 2",
         "generation": "Generation",
-    }  # fmt: skip
+    }
     assert "Total" in stats.columns  # other columns are kept
 
 

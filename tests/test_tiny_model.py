@@ -22,8 +22,14 @@ from stages.models.tiny_model import (
 def test_tokenizer_knows_its_words_and_spells_out_the_instance_token():
     tokenizer = build_tokenizer()
     tokens = tokenizer.convert_ids_to_tokens(tokenizer("a water type pokemon").input_ids)
-    assert tokens == ["<|startoftext|>", "a</w>", "water</w>", "type</w>", "pokemon</w>",
-                      "<|endoftext|>"]  # fmt: skip
+    assert tokens == [
+        "<|startoftext|>",
+        "a</w>",
+        "water</w>",
+        "type</w>",
+        "pokemon</w>",
+        "<|endoftext|>",
+    ]
     spelled = tokenizer.convert_ids_to_tokens(tokenizer("pkmnlora").input_ids)[1:-1]
     assert "".join(spelled).replace("</w>", "") == "pkmnlora" and len(spelled) == 8
     assert tokenizer.model_max_length == MAX_TOKENS
@@ -90,9 +96,13 @@ def test_pretraining_is_decided_by_its_step_counts_not_the_clock():
     """Two runs of one recipe give the same weights bit for bit, and every step is run (the
     old time budget stopped early on a busy machine and wrote a different model)."""
     recipe = TinyModelParams(
-        corpus_size=18, vae_steps=2, unet_steps=3, vae_batch_size=2, unet_batch_size=2,
+        corpus_size=18,
+        vae_steps=2,
+        unet_steps=3,
+        vae_batch_size=2,
+        unet_batch_size=2,
         ema_decay=0.9,
-    )  # fmt: skip
+    )
     first, stats = pretrain(recipe, seed=5)
     second, _ = pretrain(recipe, seed=5)
     assert stats["vae_steps"] == 2 and stats["unet_steps"] == 3

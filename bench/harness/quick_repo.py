@@ -24,9 +24,14 @@ QUICK_PARAMS = {
 
 def run(repo: Path, *command: str, timeout: float = 300) -> str:
     result = subprocess.run(
-        command, cwd=repo, env=dvc_env(), capture_output=True, text=True, timeout=timeout,
+        command,
+        cwd=repo,
+        env=dvc_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
     return result.stdout
@@ -71,9 +76,14 @@ def clone_experiments(repo: Path, template: str, count: int) -> list[str]:
 
     def git(*args: str, stdin: str | None = None) -> str:
         return subprocess.run(
-            ["git", *args], cwd=repo, env=plumbing_env, input=stdin, capture_output=True,
-            text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+            ["git", *args],
+            cwd=repo,
+            env=plumbing_env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
 
     parent = git("rev-parse", f"{ref}^")
     params = yaml.safe_load(git("show", f"{ref}:params.yaml"))

@@ -36,9 +36,12 @@ class TypeClassifier(nn.Module):
     def __init__(self, width: int = 16, outputs: int = 1) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            _block(3, width), _block(width, 2 * width), _block(2 * width, 4 * width),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )  # fmt: skip
+            _block(3, width),
+            _block(width, 2 * width),
+            _block(2 * width, 4 * width),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.head = nn.Linear(4 * width, outputs)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

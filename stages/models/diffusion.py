@@ -76,9 +76,12 @@ def load_pipeline(
     source, options = pretrained_source(record)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
+            source,
+            torch_dtype=dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
             **options,
-        )  # fmt: skip
+        )
     except (OSError, ValueError) as error:
         raise StageError(
             f"cannot load the base model {source}: {error}; re-run `dvc repro set_up_diffusers`"

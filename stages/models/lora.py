@@ -113,8 +113,9 @@ def encode_dataset(
             for name in channels_last:
                 tensors[name] = tensors[name].contiguous(memory_format=CHANNELS_LAST)
             log.info("latents and text embeddings from the cache %s", cache_file)
-            return Encoded(tensors["mean"], tensors["std"], tensors.get("hidden"),
-                           tensors["input_ids"])  # fmt: skip
+            return Encoded(
+                tensors["mean"], tensors["std"], tensors.get("hidden"), tensors["input_ids"]
+            )
         except (OSError, SafetensorError, KeyError) as error:
             log.warning("ignoring an unreadable latents cache %s (%s)", cache_file, error)
     device, dtype = pipe.vae.device, pipe.vae.dtype
@@ -204,8 +205,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """
     tensors: dict[str, torch.Tensor] = {}
     skeleton = split_tensors(state, tensors)
-    header = {"format": CHECKPOINT_FORMAT, "fingerprint": str(state["fingerprint"]),
-              "state": json.dumps(skeleton)}  # fmt: skip
+    header = {
+        "format": CHECKPOINT_FORMAT,
+        "fingerprint": str(state["fingerprint"]),
+        "state": json.dumps(skeleton),
+    }
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata=header))
 
 

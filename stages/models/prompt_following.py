@@ -60,14 +60,16 @@ def train_judge(
 def judge_types(judge: TypeClassifier, images: torch.Tensor) -> np.ndarray:
     """The type index the judge gives each image (N x 3 x S x S in [-1, 1])."""
     with torch.inference_mode():
-        return torch.cat([judge(images[i : i + 256]) for i in range(0, len(images), 256)]).argmax(
-            1
-        ).numpy()  # fmt: skip
+        return (
+            torch.cat([judge(images[i : i + 256]) for i in range(0, len(images), 256)])
+            .argmax(1)
+            .numpy()
+        )
 
 
-def make_judge(size: int, seed: int, count: int = 4500, epochs: int = 12) -> tuple[
-    TypeClassifier, float
-]:  # fmt: skip
+def make_judge(
+    size: int, seed: int, count: int = 4500, epochs: int = 12
+) -> tuple[TypeClassifier, float]:
     """A judge and its accuracy on creatures it never saw (a fifth of `count`)."""
     corpus = make_corpus(count, size, seed, first_id=JUDGE_IDS, desc="type judge")
     held_out = len(corpus.images) // 5

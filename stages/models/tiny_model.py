@@ -213,9 +213,12 @@ def pretrain_unet(
             for t in corpus.types[index]
         ]
         ids = tokenizer(
-            captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+            captions,
+            padding="max_length",
+            max_length=MAX_TOKENS,
+            truncation=True,
             return_tensors="pt",
-        ).input_ids  # fmt: skip
+        ).input_ids
         hidden = text_encoder(ids)[0]
         clean = latents[index]
         noise = torch.randn(clean.shape, generator=generator)
@@ -247,11 +250,20 @@ def pretrain(settings, seed: int, size: int = TINY_SIZE) -> tuple[StableDiffusio
     components = build_components(seed)
     corpus = make_corpus(settings.corpus_size, size, seed)
     stats = pretrain_vae(
-        components["vae"], corpus, settings.vae_steps, settings.vae_batch_size,
-        settings.learning_rate, seed,
-    )  # fmt: skip
+        components["vae"],
+        corpus,
+        settings.vae_steps,
+        settings.vae_batch_size,
+        settings.learning_rate,
+        seed,
+    )
     stats |= pretrain_unet(
-        components, corpus, settings.unet_steps, settings.unet_batch_size,
-        settings.learning_rate, seed, ema_decay=settings.ema_decay,
-    )  # fmt: skip
+        components,
+        corpus,
+        settings.unet_steps,
+        settings.unet_batch_size,
+        settings.learning_rate,
+        seed,
+        ema_decay=settings.ema_decay,
+    )
     return assemble(components), stats
