@@ -198,9 +198,9 @@ class Dashboard:
         compare.add_class("compare-tabs")
         left = w.VBox(
             [p.table.widget, p.actions.widget],
-            layout=w.Layout(flex="3 1 720px", min_width="0", margin="0 12px 0 0"),
+            layout=w.Layout(flex="2 1 820px", min_width="0", margin="0 12px 0 0"),
         )
-        right = w.VBox([compare], layout=w.Layout(flex="2 1 460px", min_width="0"))
+        right = w.VBox([compare], layout=w.Layout(flex="1 1 420px", min_width="0"))
         experiments = w.HBox([left, right], layout=w.Layout(flex_flow="row wrap"))
         experiments.add_class("experiments-view")
         run = w.VBox([p.launch.widget, p.queue.widget])

@@ -62,7 +62,13 @@ def interval(row: Mapping[str, Any] | pd.Series, metric: str) -> str:
     )
     if pd.isna(low) or pd.isna(high):
         return ""
-    return f" [{format_cell(low)}, {format_cell(high)}]"
+    return f" [{interval_end(low)}, {interval_end(high)}]"
+
+
+def interval_end(value: float) -> str:
+    """An interval's end in two significant digits: enough to see an overlap, and short, so
+    that the key metrics fit beside the name in the first view."""
+    return f"{value:.2g}"
 
 
 def is_interval_end(column: str, metrics: Iterable[str]) -> bool:
@@ -241,7 +247,7 @@ def column_texts(frame: pd.DataFrame, column: str) -> list[str]:
         low, high = (pd.to_numeric(frame[end], errors="coerce") for end in ends)
         for i, (text, a, b) in enumerate(zip(texts, low, high, strict=True)):
             if text and pd.notna(a) and pd.notna(b):
-                texts[i] = f"{text} [{format_cell(a)}, {format_cell(b)}]"
+                texts[i] = f"{text} [{interval_end(a)}, {interval_end(b)}]"
     return texts
 
 

@@ -351,7 +351,7 @@ def test_a_metric_with_an_interval_shows_it_beside_the_value():
     from dashboard.views import interval
 
     row = pd.Series({"lift": 0.58, "lift_low": 0.4029, "lift_high": 0.7103, "f1": 0.93})
-    assert interval(row, "lift") == " [0.4029, 0.7103]"
+    assert interval(row, "lift") == " [0.4, 0.71]"
     assert interval(row, "f1") == ""  # no interval written: nothing claimed
     row["lift_low"] = float("nan")  # a queued run's missing figure
     assert interval(row, "lift") == ""

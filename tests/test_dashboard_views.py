@@ -234,7 +234,7 @@ def test_curves_and_axes():
 @pytest.mark.parametrize(
     ("row", "expected"),
     [
-        ({"lift": 0.58, "lift_low": 0.4029, "lift_high": 0.7103}, " [0.4029, 0.7103]"),
+        ({"lift": 0.58, "lift_low": 0.4029, "lift_high": 0.7103}, " [0.4, 0.71]"),
         ({"lift": 0.58}, ""),
         ({"lift": 0.58, "lift_low": float("nan"), "lift_high": 0.7}, ""),
     ],

@@ -86,6 +86,8 @@ class GalleryPanel(Panel):
             self.mode.value = mode
             self.gallery.files = files
             self.gallery.columns = model.columns
+            # base and two LoRAs fit beside the table at 1400 px; more columns scroll sideways
+            self.gallery.thumb_size = 128 if len(model.columns) <= 2 else 100
             self.gallery.rows = rows
             self.gallery.empty_text = model.empty_text
 

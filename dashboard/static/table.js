@@ -102,6 +102,11 @@ function render({ model, el: root }) {
       tr.appendChild(pick);
       cells[index].forEach((text, column) => {
         const td = el("td", column === 0 ? "xt-sticky" : "", text);
+        const interval = column > 0 && /^(\S+) (\[[^\]]*\])$/.exec(text);
+        if (interval) {  // a key metric's 95 % interval, smaller, after its value
+          td.textContent = `${interval[1]} `;
+          td.appendChild(el("span", "xt-interval", interval[2]));
+        }
         if (column === 0 && meta.thumb) {
           const image = el("img", "xt-thumb");
           image.src = meta.thumb;
