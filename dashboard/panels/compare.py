@@ -59,7 +59,9 @@ class GalleryPanel(Panel):
     def __init__(self, set_mode: Callable[[str], None]):
         super().__init__()
         self.mode = w.ToggleButtons(
-            options=[("Base and LoRA", "both"), ("LoRA", "lora"), ("Base", "base")], value="both"
+            options=[("Base and LoRA", "both"), ("LoRA", "lora"), ("Base", "base")],
+            value="both",
+            style={"button_width": "auto"},  # one line beside the table
         )
         self.on_change(self.mode, lambda: set_mode(self.mode.value))
         self.gallery = Gallery()
