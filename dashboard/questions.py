@@ -29,6 +29,15 @@ def files_text(paths: list[str] | dict[str, str]) -> str:
     return html.escape(", ".join(items[:SHOWN_FILES]) + more)
 
 
+def list_items(groups: list[tuple[str, str, list]], between: str) -> str:
+    """`<li class=css>title<between>files</li>` for each (css, title, files) that has files."""
+    return "".join(
+        f"<li class='{css}'>{title}{between}{files_text(paths)}</li>"
+        for css, title, paths in groups
+        if paths
+    )
+
+
 def overwritten_html(what: workspace.Overwritten) -> str:
     """What an apply overwrites, grouped, for its question; and that Undo brings it back."""
     if not what:
@@ -42,11 +51,7 @@ def overwritten_html(what: workspace.Overwritten) -> str:
         ("apply-untracked", "Untracked files that the experiment also has", what.untracked),
         ("apply-outputs", "Outputs changed since the last <code>dvc commit</code>", what.outputs),
     ]
-    items = "".join(
-        f"<li class='{css}'>{title}: {files_text(paths)}</li>"
-        for css, title, paths in groups
-        if paths
-    )
+    items = list_items(groups, ": ")
     return (
         "<div class='apply-warning' style='color:#9a6700'>⚠ This replaces your version of:"
         f"<ul class='apply-overwrites'>{items}</ul>It is kept first "
@@ -67,11 +72,7 @@ def undo_html(plan: workspace.UndoPlan) -> str:
         ("undo-untracked", "your untracked", kept.untracked),
         ("undo-outputs", "your changed outputs", kept.outputs),
     ]
-    items = "".join(
-        f"<li class='{css}'>{title} {files_text(paths)}</li>"
-        for css, title, paths in groups
-        if paths
-    )
+    items = list_items(groups, " ")
     text += f", and <ul class='undo-back'>{items}</ul>" if items else ".<br>"
     replaced = [*plan.changed_since, *plan.outputs_changed_since]
     if replaced:

@@ -109,14 +109,9 @@ def report_command(work: Workdir) -> str:
     return re.sub(r"\$\{([\w.]+)\}", value, command)
 
 
-def test_report_notebook_runs_with_the_injected_params(pipeline_run):
-    work = pipeline_run
-    (work.path / "notebooks").mkdir(exist_ok=True)
-    (work.path / "notebooks/report.ipynb").write_bytes(
-        (REPO / "notebooks/report.ipynb").read_bytes()
-    )
-    work.write_params(**{**TINY, "train_lora": {**TINY["train_lora"], "rank": 3}})
-    result = subprocess.run(
+def run_report(work: Workdir) -> subprocess.CompletedProcess:
+    """The report stage's command, run in `work` as DVC would run it."""
+    return subprocess.run(
         report_command(work),
         shell=True,
         cwd=work.path,
@@ -126,6 +121,16 @@ def test_report_notebook_runs_with_the_injected_params(pipeline_run):
         timeout=600,
         stdin=subprocess.DEVNULL,
     )
+
+
+def test_report_notebook_runs_with_the_injected_params(pipeline_run):
+    work = pipeline_run
+    (work.path / "notebooks").mkdir(exist_ok=True)
+    (work.path / "notebooks/report.ipynb").write_bytes(
+        (REPO / "notebooks/report.ipynb").read_bytes()
+    )
+    work.write_params(**{**TINY, "train_lora": {**TINY["train_lora"], "rank": 3}})
+    result = run_report(work)
     assert result.returncode == 0, result.stderr[-3000:]
     notebook = read(work, "outputs/report/report.ipynb")
     injected = next(
@@ -141,16 +146,7 @@ def test_report_notebook_runs_with_the_injected_params(pipeline_run):
     # no wall clock in the outputs: a second run writes the same bytes
     assert "start_time" not in json.dumps(notebook) and '"execution"' not in json.dumps(notebook)
     first = {p.name: p.read_bytes() for p in (work.path / "outputs/report").iterdir()}
-    again = subprocess.run(
-        report_command(work),
-        shell=True,
-        cwd=work.path,
-        env=stage_env(work.cache),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-    )
+    again = run_report(work)
     assert again.returncode == 0, again.stderr[-3000:]
     second = {p.name: p.read_bytes() for p in (work.path / "outputs/report").iterdir()}
     assert first.keys() == second.keys() == {"report.ipynb", "report.html"}
