@@ -39,8 +39,11 @@ from dashboard.dvc_cli import DvcError, error_text
 from dashboard.panels.actions import ActionsPanel
 from dashboard.panels.compare import ClassifierPanel, CurvesPanel, GalleryPanel, OverviewPanel
 from dashboard.panels.header import HeaderPanel
+from dashboard.panels.playground import PlaygroundPanel
 from dashboard.panels.run import LaunchPanel, QueuePanel
 from dashboard.panels.table import TablePanel
+from dashboard.playground import views as playground_views
+from dashboard.playground.commands import Playground
 from dashboard.state import ACTIVE, DashboardState
 from dashboard.state import ExperimentState as S
 from dashboard.store import QUEUE_REF, ExperimentStore, Plots
@@ -58,7 +61,7 @@ VIEW_SETTINGS = {
     "x",
     "y",
 }
-COMPARE_TABS = ["Pokémon", "Training curves", "Metric against param", "Classifier"]
+COMPARE_TABS = ["Pokémon", "Playground", "Training curves", "Metric against param", "Classifier"]
 
 
 def find_repository(start: str | Path | None = None) -> Path:
@@ -124,6 +127,7 @@ class Panels:
     classifier: ClassifierPanel
     launch: LaunchPanel
     queue: QueuePanel
+    playground: PlaygroundPanel
 
     def plot_boxes(self) -> list:
         return [
@@ -160,11 +164,14 @@ class Dashboard:
         # what acts on experiments and the workspace: the Run tab's and the actions bar's
         self.launcher = Launcher(self)
         self.picked_actions = PickedActions(self)
+        self.playground = Playground(self)  # the prompt playground and its generation worker
         self.panels = self._build(held=watch)
         self.widget = self._layout()
         self.refresh()
         self.render_actions()
+        self.render_playground()
         if watch:
+            self.playground.start()  # the worker loads the base while the person looks around
             self.watch(poll_seconds)
 
     # ----- panels and layout ---------------------------------------------------------------
@@ -179,6 +186,7 @@ class Dashboard:
             classifier=ClassifierPanel(held),
             launch=LaunchPanel(self.launcher, self.repo),
             queue=QueuePanel(self.launcher),
+            playground=PlaygroundPanel(self.playground, self.perform),
         )
 
     def _layout(self) -> w.Widget:
@@ -191,7 +199,13 @@ class Dashboard:
         under the table and both take the whole width."""
         p = self.panels
         compare = w.Tab(
-            children=[p.gallery.widget, p.curves.widget, p.overview.widget, p.classifier.widget]
+            children=[
+                p.gallery.widget,
+                p.playground.widget,
+                p.curves.widget,
+                p.overview.widget,
+                p.classifier.widget,
+            ]
         )
         for index, title in enumerate(COMPARE_TABS):
             compare.set_title(index, title)
@@ -289,6 +303,10 @@ class Dashboard:
         s.picked = [rev for rev in carry_picks(old, s.frame, s.picked) if rev in pickable]
         if first and not s.picked:
             s.picked = views.default_picks(s.frame)
+        workspace = s.frame[s.frame["id"] == views.WORKSPACE]
+        if s.playground.defaults_from is None and not workspace.empty:
+            playground_views.defaults_from_row(s.playground, workspace.iloc[0].to_dict())
+            self.render_playground()
         started, ended = views.newly_started(s.frame, s.launched)
         s.launched -= ended
         s.picked = views.auto_picks(s.picked, started)
@@ -380,6 +398,17 @@ class Dashboard:
 
     def render_queue(self) -> None:
         self.panels.queue.render(views.queue_summary(self.state.frame), self.state.log_html)
+
+    def render_playground(self) -> None:
+        """The playground pane (from the worker's reader thread too, as images arrive)."""
+        with self.playground.lock:
+            form = self.state.playground
+            self.panels.playground.render(
+                form,
+                playground_views.gallery(form),
+                playground_views.worker_html(form),
+                playground_views.progress_html(form),
+            )
 
     def render_actions(self) -> None:
         s = self.state
@@ -530,3 +559,4 @@ class Dashboard:
 
     def close(self) -> None:
         self._stop.set()
+        self.playground.close()

@@ -53,7 +53,8 @@ class Launcher:
         self.perform = controller.perform
         self.running: dict[str, actions.WorkspaceRun] = {}  # workspace runs started here
 
-    def queue(self, launches: list[actions.Launch]) -> None:
+    def queue(self, launches: list[actions.Launch]) -> list[str]:
+        """Queue the launches; the names DVC gave them."""
         c = self.controller
         c.say(f"Queueing {len(launches)} experiment(s)...")
         try:
@@ -66,6 +67,7 @@ class Launcher:
         c.state.launched.update(names)
         c.say(f"Queued {len(names)}: {', '.join(names)}. Start the queue to run them.")
         c.refresh(force=True)
+        return names
 
     def run_now(self, launch: actions.Launch) -> None:
         """Start a workspace run; refused (WorkspaceBusy, naming the holder) while another tab

@@ -8,7 +8,9 @@ address, refuses a request whose Host header names another site (a DNS-rebinding
 wider one (--host 0.0.0.0, to open it from another machine) the token alone keeps others out, and
 --no-token is refused. It runs at most --max-kernels kernels: a page asked for beyond that gets a
 503 that says why. Kernels are preheated (the first page shows in about half the time) and culled
-when idle, so that closed tabs leave no kernel behind."""
+when idle, so that closed tabs leave no kernel behind. The prompt playground's generation worker
+(dashboard.playground.worker) starts with the server, so that it is ready when the page opens,
+and stops with it; it listens on a Unix socket in a folder only this user can enter."""
 
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from traitlets import Integer
 from traitlets.config import Config
 
 from dashboard.dvc_cli import dvc_env
+from dashboard.playground.client import ensure_worker, stop_worker
+from dashboard.playground.commands import has_base_model
 
 NOTEBOOK = Path(__file__).with_name("dashboard.ipynb")
 TOKEN_ENV = "DASHBOARD_TOKEN"  # what `make dashboard TOKEN=...` sets, read by main()
@@ -190,14 +194,22 @@ def voila_env(repo: Path) -> dict[str, str]:
     return env
 
 
-def serve(repo: Path, config: Config) -> None:
-    """Run Voila on the dashboard notebook in this process until it is stopped (Ctrl-C)."""
+def serve(repo: Path, config: Config, playground: bool = True) -> None:
+    """Run Voila on the dashboard notebook in this process until it is stopped (Ctrl-C). With
+    `playground`, the prompt playground's generation worker starts now, in the background, so
+    that it has loaded the base model when the page opens; it stops with the server."""
     from voila.app import Voila  # jupyter_server, nbconvert: only when serving
 
     env = voila_env(repo)
     os.environ.clear()
     os.environ.update(env)
-    Voila.launch_instance(argv=[str(NOTEBOOK)], config=config)
+    # with the token-free environment; not before the pipeline has set up a base model
+    worker = ensure_worker(repo) if playground and has_base_model(repo) else None
+    try:
+        Voila.launch_instance(argv=[str(NOTEBOOK)], config=config)
+    finally:
+        if worker is not None:
+            stop_worker(repo)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -214,6 +226,12 @@ def main(argv: list[str] | None = None) -> None:
         "--no-token",
         action="store_true",
         help="ask for no token (loopback only): anything on this machine can drive the page",
+    )
+    parser.add_argument(
+        "--no-playground",
+        action="store_true",
+        help="do not start the prompt playground's generation worker with the server (the "
+        "page starts it at its first Draw)",
     )
     parser.add_argument("--pool-size", type=int, default=1, help="preheated kernels")
     parser.add_argument(
@@ -257,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         voila_config(
             args.port, args.host, token, args.pool_size, args.cull_seconds, args.max_kernels
         ),
+        playground=not args.no_playground,
     )
 
 

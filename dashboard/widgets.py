@@ -65,8 +65,9 @@ def thumbnail(file: str | Path, side: int) -> str:
 
 class Gallery(anywidget.AnyWidget):
     """Images in a grid: `columns` [{key, label, detail, color}], `rows` [{label, cells:
-    [{key, src, title} or {missing: reason}]}]. A click asks Python for the full-size image
-    (`files[key]`) and shows it enlarged."""
+    [{key, src, title} or {missing: reason, text: what the cell says}]}]. A click asks Python
+    for the full-size image (`files[key]`, or `images[key]` held in memory) and shows it
+    enlarged."""
 
     _esm = STATIC / "gallery.js"
     _css = STATIC / "gallery.css"
@@ -80,9 +81,13 @@ class Gallery(anywidget.AnyWidget):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.files: dict[str, Path] = {}
+        self.images: dict[str, bytes] = {}  # PNGs held in memory (the playground's), by key
         self.on_msg(self._on_message)
 
     def _on_message(self, _widget, content, _buffers) -> None:
         key = content.get("enlarge") if isinstance(content, dict) else None
         if key in self.files:
             self.send({"enlarged": {"key": key, "src": image_uri(self.files[key], 1024)}})
+        elif key in self.images:
+            data = base64.b64encode(self.images[key]).decode("ascii")
+            self.send({"enlarged": {"key": key, "src": "data:image/png;base64," + data}})

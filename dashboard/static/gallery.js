@@ -63,7 +63,7 @@ function render({ model, el: root }) {
           });
           td.appendChild(image);
         } else {
-          const missing = el("div", "gl-missing", "not available");
+          const missing = el("div", "gl-missing", cell.text || "not available");
           missing.title = cell.missing || "";
           missing.style.width = missing.style.height = `${size}px`;
           td.appendChild(missing);
