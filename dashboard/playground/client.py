@@ -263,7 +263,10 @@ class PlaygroundClient:
                 sock.settimeout(max(0.1, deadline - time.monotonic()))
                 line = lines.next()
                 if line is None:
-                    raise WorkerError(self._gone_reason(since=began))
+                    reason = self._gone_reason(since=began)
+                    raise WorkerError(
+                        f"the playground worker stopped before it was ready: {reason}"
+                    )
                 event = decode(line)
                 if event["type"] == "ready":
                     break
@@ -450,8 +453,8 @@ class PlaygroundClient:
             draw._handle({"type": "worker_gone", "id": draw.id, "message": reason})
 
     def _gone_reason(self, since: float | None = None) -> str:
-        """Why the worker went: how it exited (if this client started it), what it wrote in
-        last_failure, else the end of its log."""
+        """Why the worker went, for worker_gone's message: how it exited (if this client
+        started it), what it wrote in last_failure, else the end of its log."""
         parts = []
         process = self._process
         if process is not None:
@@ -468,8 +471,7 @@ class PlaygroundClient:
             tail = self.run.log_tail()
             if tail:
                 parts.append(f"the end of its log ({self.run.log}):\n{tail}")
-        detail = "; ".join(parts) or "the connection closed"
-        return f"the playground's generation worker stopped: {detail}"
+        return "; ".join(parts) or "it closed the connection"
 
     # -- status, stop, close ----------------------------------------------------------------
 
