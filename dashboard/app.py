@@ -61,6 +61,9 @@ VIEW_SETTINGS = {
     "x",
     "y",
 }
+# The table's and the comparison's shares of the width (CSS flex), and both while the playground
+# is shown (its columns of images want the room more than the table's last columns).
+TABLE_FLEX, COMPARE_FLEX, PLAYGROUND_FLEX = "2 1 820px", "1 1 420px", "1 1 560px"
 COMPARE_TABS = ["Pokémon", "Playground", "Training curves", "Metric against param", "Classifier"]
 
 
@@ -193,10 +196,11 @@ class Dashboard:
         """The table with the picked experiments' actions, and beside it the comparison in
         tabs (the Pokémon first); launching and the queue in a tab of their own.
 
-        The table takes 3 parts of the width to the comparison's 2, from bases of 720 and
-        460 px: at 1400 px the table shows name, state and the key metrics without scrolling
-        sideways, at 1920 nearly all its columns; below about 1290 px the comparison wraps
-        under the table and both take the whole width."""
+        The table takes 2 parts of the width to the comparison's 1, from bases of 820 and
+        420 px: at 1400 px the table shows name, state and the key metrics without scrolling
+        sideways; below about 1290 px the comparison wraps under the table and both take the
+        whole width. While the Playground tab is shown, each takes half (from 560 px), so that
+        the base and two LoRAs fit beside the table."""
         p = self.panels
         compare = w.Tab(
             children=[
@@ -212,9 +216,16 @@ class Dashboard:
         compare.add_class("compare-tabs")
         left = w.VBox(
             [p.table.widget, p.actions.widget],
-            layout=w.Layout(flex="2 1 820px", min_width="0", margin="0 12px 0 0"),
+            layout=w.Layout(flex=TABLE_FLEX, min_width="0", margin="0 12px 0 0"),
         )
-        right = w.VBox([compare], layout=w.Layout(flex="1 1 420px", min_width="0"))
+        right = w.VBox([compare], layout=w.Layout(flex=COMPARE_FLEX, min_width="0"))
+
+        def widen(change: dict) -> None:  # the playground's images get half of the width
+            playground = change["new"] == COMPARE_TABS.index("Playground")
+            left.layout.flex = PLAYGROUND_FLEX if playground else TABLE_FLEX
+            right.layout.flex = PLAYGROUND_FLEX if playground else COMPARE_FLEX
+
+        compare.observe(widen, "selected_index")
         experiments = w.HBox([left, right], layout=w.Layout(flex_flow="row wrap"))
         experiments.add_class("experiments-view")
         run = w.VBox([p.launch.widget, p.queue.widget])

@@ -100,7 +100,7 @@ def test_a_blend_mixes_the_first_two_picked_loras_with_their_weights():
     blend = columns.columns[1]
     assert isinstance(blend, BlendColumn)
     assert [(p.label, p.weight) for p in blend.parts] == [("rank-8", 0.7), ("lr-high", 0.3)]
-    assert columns.labels[1] == "blend 0.7×rank-8 + 0.3×lr-high"
+    assert columns.labels[1] == "0.7 rank-8 + 0.3 lr-high"
     assert columns.labels[2:] == ["rank-8", "lr-high"]  # each alone beside it
 
 
@@ -166,6 +166,7 @@ def test_the_gallery_fills_in_as_images_arrive():
     assert [cell.get("text") for cell in second["cells"]] == ["drawing…", "drawing…", "failed"]
     assert model["images"] == {"play:0:0": red}  # what a click enlarges
     assert "1 of 6 images" in views.progress_html(form)
+    assert "rank-8: rank-8: no LoRA file" in views.progress_html(form)  # not only in a tooltip
 
 
 def test_the_progress_says_how_a_draw_ended():
@@ -198,9 +199,13 @@ def test_keep_queues_the_picked_experiment_with_the_playground_generate_params()
         scale=1.25,
     )
     plan = views.keep_plan(form, state)
-    # the workspace has rank 8 and lr 0.002 (lr-high's params): rank-8 differs in lr only
+    # the workspace has rank 8 and lr 0.002 (lr-high's params): rank-8 differs in lr only,
+    # which it keeps from its baseline
+    frame = state.frame
+    baseline_lr = frame.loc[frame["name"] == "main", "train_lora.learning_rate"].item()
+    assert baseline_lr != 0.002
     assert plan.assignments == {
-        "train_lora.learning_rate": 0.001,
+        "train_lora.learning_rate": baseline_lr,
         "generate.prompts": ["a pkmnlora pokemon with a flame tail"],
         "generate.seeds": [0, 1, 2, 3],
         "generate.num_inference_steps": 20,
@@ -245,8 +250,8 @@ class FakeClient:
 
 
 class FakeController:
-    def __init__(self, state):
-        self.state, self.repo, self.renders = state, Path("."), 0
+    def __init__(self, state, repo: Path):
+        self.state, self.repo, self.renders = state, repo, 0
 
     def perform(self, action, name=None, banner=False):
         action()
@@ -259,8 +264,24 @@ class FakeController:
         self.renders += 1
 
 
-def test_a_new_draw_drops_the_events_of_the_one_it_replaced():
-    controller = FakeController(picked_state("rank-8"))
+def with_base_model(repo: Path) -> Path:
+    record = repo / "outputs" / "base_model" / "model.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"kind": "tiny", "path": "outputs/base_model/pipeline"}')
+    return repo
+
+
+def test_no_worker_starts_before_the_pipeline_has_a_base_model(tmp_path: Path):
+    controller = FakeController(picked_state("rank-8"), tmp_path)
+    client = FakeClient()
+    Playground(controller, client).start()
+    form = controller.state.playground
+    assert form.worker is None and "run the pipeline" in form.worker_error
+    assert "outputs/base_model/model.json" in form.worker_error
+
+
+def test_a_new_draw_drops_the_events_of_the_one_it_replaced(tmp_path: Path):
+    controller = FakeController(picked_state("rank-8"), with_base_model(tmp_path))
     client = FakeClient()
     playground = Playground(controller, client)
     playground.start()
@@ -282,8 +303,8 @@ def test_a_new_draw_drops_the_events_of_the_one_it_replaced():
         playground.set_fields(prompts="x")
 
 
-def test_a_gone_worker_is_said_in_the_pane():
-    controller = FakeController(picked_state("rank-8"))
+def test_a_gone_worker_is_said_in_the_pane(tmp_path: Path):
+    controller = FakeController(picked_state("rank-8"), tmp_path)
     client = FakeClient()
     playground = Playground(controller, client)
     playground.draw()

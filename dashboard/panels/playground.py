@@ -205,7 +205,9 @@ class PlaygroundPanel(Panel):
             self.progress.value = progress_html
             self.gallery.images = gallery["images"]
             self.gallery.columns = gallery["columns"]
-            self.gallery.thumb_size = 128 if len(gallery["columns"]) <= 2 else 100
+            # base and two LoRAs fit in the pane at 1400 px; more columns scroll sideways
+            count = len(gallery["columns"])
+            self.gallery.thumb_size = 112 if count <= 3 else 96 if count == 4 else 80
             self.gallery.rows = gallery["rows"]
             self.gallery.empty_text = gallery["empty_text"]
             self._drawn = form.request is not None

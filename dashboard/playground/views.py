@@ -179,7 +179,7 @@ def draw_columns(form: PlaygroundState, state: DashboardState) -> Columns:
     weights. ValueError when the mode needs more picks than there are."""
     found, notes = candidates(state)
     made = Columns((), [], [], [], notes)
-    made.add(BaseColumn("base"), "base", _base_detail(form), None)
+    made.add(BaseColumn("base"), "base", "no LoRA", None)
     if form.mode == "side":
         for c in found:
             made.add(LoraColumn(c.label, c.rev, form.scale), c.label, c.detail, c.color)
@@ -203,8 +203,8 @@ def draw_columns(form: PlaygroundState, state: DashboardState) -> Columns:
             )
         pair = list(zip(found[:2], weights, strict=True))
         parts = tuple(BlendPart(c.label[:MAX_LABEL], c.rev, weight) for c, weight in pair)
-        label = "blend " + " + ".join(f"{weight:g}×{c.label}" for c, weight in pair)
-        detail = " + ".join(f"{weight:g} × ({c.detail})" for c, weight in pair)
+        label = " + ".join(f"{weight:g} {c.label}" for c, weight in pair)
+        detail = "both LoRAs at once, with these weights"
         made.add(BlendColumn(label, parts), label, detail, None)
         for c, _ in pair:  # each alone beside the blend, to see what the blend adds
             made.add(LoraColumn(c.label, c.rev, 1.0), c.label, f"{c.detail} · scale 1", c.color)
@@ -212,11 +212,6 @@ def draw_columns(form: PlaygroundState, state: DashboardState) -> Columns:
     else:
         raise ValueError(f"unknown playground mode {form.mode!r}")
     return made
-
-
-def _base_detail(form: PlaygroundState) -> str:
-    worker = form.worker or {}
-    return str(worker.get("base") or "the base model")
 
 
 def draw_request(form: PlaygroundState, columns: Columns) -> DrawRequest:
@@ -312,6 +307,12 @@ def progress_html(form: PlaygroundState) -> str:
         elif form.outcome:
             text += f" · {form.outcome_text or form.outcome}"
         parts.append(f"<span class='playground-progress' data-done='{done}'>{text}</span>")
+    for index, message in sorted(form.errors.items()):  # said in full, not only in a tooltip
+        label = form.column_labels[index] if index < len(form.column_labels) else str(index)
+        parts.append(
+            f"<div class='playground-error' style='color:#cf222e'>{html.escape(label)}: "
+            f"{html.escape(message)}</div>"
+        )
     parts += [f"<div class='playground-note'>{html.escape(note)}</div>" for note in form.notes]
     return "".join(parts)
 
