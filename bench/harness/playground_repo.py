@@ -126,10 +126,12 @@ def lost_lora_experiment(repo: Path, template: str, name: str) -> str:
     env = dvc_env() | {"GIT_INDEX_FILE": str(index)}
 
     def git(*args: str, stdin: str | None = None) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=repo, env=env, input=stdin, capture_output=True, text=True,
-            check=True,
-        ).stdout.strip()  # fmt: skip
+        done = subprocess.run(
+            ["git", *args], cwd=repo, env=env, input=stdin, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"git {' '.join(args)} failed: {done.stderr}")
+        return done.stdout.strip()
 
     source = experiment_sha(repo, template)
     ref = next(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -253,7 +253,14 @@ class DrawRequest:
         """Raise BadRequest unless every value is one that params.yaml's generate section
         accepts (the same GenerateParams decides) and within the playground's limits; returns
         the request, to chain."""
-        checked = DrawRequest.from_json(self.to_json())  # the types, as the worker sees them
+        try:
+            data = self.to_json()
+        except (AttributeError, TypeError) as error:
+            raise BadRequest(
+                "the request's fields have the wrong types (columns must be BaseColumn, "
+                f"LoraColumn or BlendColumn; seeds a tuple of whole numbers): {error}"
+            ) from None
+        checked = DrawRequest.from_json(data)  # the types, as the worker sees them
         check_generate_values(checked)
         check_playground_limits(checked)
         for where, scale in scales(checked):
@@ -407,7 +414,3 @@ def draw_id(message: Mapping[str, Any]) -> str:
     if not isinstance(value, str) or not DRAW_ID.match(value):
         raise BadRequest("id must be 1 to 64 letters, digits, '.', '_' or '-'")
     return value
-
-
-def column_labels(request: DrawRequest) -> Sequence[str]:
-    return [column.label for column in request.columns]
