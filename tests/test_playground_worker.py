@@ -232,6 +232,7 @@ def test_a_missing_lora_fails_only_its_column(client: PlaygroundClient, repo: Re
         ({"columns": (BaseColumn(), LoraColumn("x", WORKSPACE, 9.0))}, "columns[1].scale"),
         ({"columns": (BlendColumn("b", (BlendPart("a", WORKSPACE, 1.0),)),)}, "columns[0].parts"),
         ({"num_inference_steps": True}, "num_inference_steps"),
+        ({"columns": ("base",)}, "the request's fields"),
     ],
 )
 def test_a_bad_request_is_refused_before_it_is_sent(change: dict, field: str):
@@ -239,6 +240,22 @@ def test_a_bad_request_is_refused_before_it_is_sent(change: dict, field: str):
     with pytest.raises(BadRequest) as refused:
         request.check()
     assert str(refused.value).startswith(field), str(refused.value)
+
+
+def test_a_request_survives_the_wire():
+    request = DrawRequest(
+        PROMPT,
+        negative_prompt="blurry",
+        seeds=(3, 1),
+        size=48,
+        columns=(
+            BaseColumn("the base"),
+            LoraColumn("exp", "a" * 40, 0.5),
+            BlendColumn("mix", (BlendPart("a", "a" * 40, 0.7), BlendPart("w", WORKSPACE, 0.3))),
+        ),
+    )
+    wire = json.loads(encode({"type": "draw", "request": request.to_json()}))
+    assert DrawRequest.from_json(wire["request"]) == request.check()
 
 
 def test_the_worker_rejects_what_the_client_would_not_send(client: PlaygroundClient):
