@@ -592,6 +592,8 @@ def spawn_worker(
                     close_fds=True,
                 )
             log.info("started the playground worker %d for %s", process.pid, repo)
+            # reaped when it exits (on its idle timer, say), so that no zombie outlives it
+            threading.Thread(target=process.wait, name="playground-reaper", daemon=True).start()
             return process, wait_listening(run, process, deadline)
     except TimeoutError:
         raise WorkerError(
