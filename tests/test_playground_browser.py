@@ -15,7 +15,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from bench.harness.browser import launch, voila_server
 from bench.harness.playground_repo import add_playground_experiment, make_playground_repo
 from bench.harness.quick_repo import run
-from tests.test_dashboard_browser import WAIT, row, tab
+from tests.test_dashboard_browser import WAIT, row, tab, unpick_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 PROMPT = "a pkmnlora pokemon with a flame tail"
@@ -75,10 +75,7 @@ def kernel_pids(server_pid: int) -> list[int]:
 
 
 def test_draw_shows_the_base_and_both_picked_loras_side_by_side(page: Page, served):
-    picked = page.locator(".xt-row.xt-picked")
-    for remaining in range(picked.count(), 0, -1):  # start from nothing picked
-        picked.first.click()
-        expect(picked).to_have_count(remaining - 1)
+    unpick_all(page)
     row(page, "rank-8").click()
     row(page, "lr-high").click()
     tab(page, "Playground")

@@ -74,7 +74,7 @@ def make_playground_repo(path: Path, **params: dict) -> Path:
     has a base model and a LoRA. `params` overrides params.yaml sections. About 10 s on 2
     cores (the lora stage's torch import is most of it)."""
     from bench.harness.project import default_params, merged
-    from bench.harness.quick_repo import QUICK, QUICK_PARAMS, run
+    from bench.harness.quick_repo import QUICK, QUICK_PARAMS, commit_baseline
 
     path.mkdir(parents=True)
     shutil.copy2(QUICK / "stage.py", path / "stage.py")
@@ -84,16 +84,7 @@ def make_playground_repo(path: Path, **params: dict) -> Path:
     (path / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     values = merged(merged(merged(default_params(), QUICK_PARAMS), PLAYGROUND_PARAMS), params)
     (path / "params.yaml").write_text(yaml.safe_dump(values, allow_unicode=True, sort_keys=False))
-    (path / ".gitignore").write_text("__pycache__/\n")
-    run(path, "git", "init", "-q", "-b", "main")
-    run(path, "git", "config", "user.email", "test@example.com")
-    run(path, "git", "config", "user.name", "test")
-    run(path, "dvc", "init", "-q")
-    shutil.copy2(Path(__file__).resolve().parents[2] / ".dvc" / "config", path / ".dvc" / "config")
-    run(path, "dvc", "repro", "-q")
-    run(path, "git", "add", "-A")
-    run(path, "git", "commit", "-qm", "baseline")
-    return path
+    return commit_baseline(path)
 
 
 def add_playground_experiment(repo: Path, name: str, *assignments: str) -> str:

@@ -45,6 +45,12 @@ def make_quick_repo(path: Path, **params: dict) -> Path:
     # take it for a second pipeline of this repository
     values = merged(merged(default_params(), QUICK_PARAMS), params)
     (path / "params.yaml").write_text(yaml.safe_dump(values, allow_unicode=True, sort_keys=False))
+    return commit_baseline(path)
+
+
+def commit_baseline(path: Path) -> Path:
+    """Make the folder holding a pipeline and its params.yaml a git + DVC repository (with
+    this project's DVC config), run the pipeline once and commit it all as the baseline."""
     (path / ".gitignore").write_text("__pycache__/\n")
     run(path, "git", "init", "-q", "-b", "main")
     run(path, "git", "config", "user.email", "test@example.com")

@@ -11,15 +11,14 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from dashboard import actions
+from dashboard import actions, commands
 from dashboard.commands import Launcher
 from dashboard.playground import views
 from dashboard.playground.client import PlaygroundClient
-from dashboard.state import PLAYGROUND_MODES, DashboardState
+from dashboard.state import PLAYGROUND_MODES
 from stages.common import paths
 
 RENDER_EVERY = 0.15  # seconds between two redraws of the pane while images arrive
@@ -48,16 +47,12 @@ def has_base_model(repo: Path) -> bool:
     return (Path(repo) / paths.BASE_MODEL_RECORD).is_file()
 
 
-class Controller(Protocol):
-    """What the playground needs of the controller."""
+class Controller(commands.Controller, Protocol):
+    """What the playground needs of the controller: what the experiment commands need, its
+    pane's render, and the launcher that queues a kept experiment."""
 
-    state: DashboardState
-    repo: Path
+    launcher: Launcher
 
-    def perform(
-        self, action: Callable[[], None], name: str | None = None, banner: bool = False
-    ) -> bool: ...
-    def say(self, message: str, error: bool = False) -> None: ...
     def render_playground(self) -> None: ...
 
     @property
