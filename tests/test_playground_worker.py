@@ -390,3 +390,53 @@ def test_ensure_worker_starts_one_that_exits_when_idle(repo: Repo, tmp_path: Pat
     assert process.wait(60) == 0  # no client for a second: it exits
     assert try_connect(run_dir(repo.path, run).socket) is None
     assert not stop_worker(repo.path, run)
+
+
+STAGE_DRAW = """
+import os, sys
+from pathlib import Path
+os.chdir(sys.argv[1])
+from stages.common.determinism import deterministic_torch
+from stages.common.params import GenerateParams
+from stages.generate_text_to_image import draw
+from stages.models.diffusion import load_pipeline, read_model_record
+deterministic_torch()
+settings = GenerateParams(prompts=[sys.argv[3]], seeds=[0, 1], num_inference_steps=3,
+                          guidance_scale=4.0, scheduler="dpm++", batch_size=8, lora_scale=0.8)
+pipe = load_pipeline(Path("outputs/lora"), record=read_model_record(), scheduler="dpm++")
+pipe.disable_lora()
+base = draw(pipe, settings, 1.0, "base")
+pipe.enable_lora()
+lora = draw(pipe, settings, settings.lora_scale, "lora")
+for variant, images in (("base", base), ("lora", lora)):
+    for seed, picture in zip(settings.seeds, images):
+        picture.save(Path(sys.argv[2]) / f"{variant}-{seed}.png")
+"""
+
+
+def test_a_column_draws_bit_for_bit_what_the_generate_stage_draws(
+    client: PlaygroundClient, repo: Repo, tmp_path: Path
+):
+    """What "Keep as experiment" promises: the experiment's generate_text_to_image, run with the
+    playground's prompt, seeds, steps, guidance, sampler and scale, draws the very images the
+    playground showed (the stage's draw() in a process of its own, on the workspace's LoRA)."""
+    subprocess.run(
+        [sys.executable, "-c", STAGE_DRAW, str(repo.path), str(tmp_path), PROMPT],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    result = draw(
+        client,
+        BaseColumn(),
+        LoraColumn("workspace", WORKSPACE, 0.8),
+        size=None,
+        num_inference_steps=3,
+        guidance_scale=4.0,
+        scheduler="dpm++",
+    )
+    for column, variant in ((0, "base"), (1, "lora")):
+        for seed in (0, 1):
+            stage = (tmp_path / f"{variant}-{seed}.png").read_bytes()
+            assert same(result.images[(column, seed)], stage), (variant, seed)
+    assert not same(result.images[(0, 0)], result.images[(1, 0)])  # the LoRA changed it

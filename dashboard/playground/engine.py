@@ -38,6 +38,7 @@ from dashboard.playground.protocol import (
     LoraColumn,
 )
 from stages.common import paths
+from stages.common.determinism import deterministic_torch
 from stages.common.params import load_params
 from stages.generate_text_to_image import initial_noise
 from stages.models.diffusion import (
@@ -256,6 +257,9 @@ class Engine:
 
     def __init__(self, repo: Path):
         started = time.perf_counter()
+        # the stages' threads and kernels: a column draws, bit for bit, what the experiment's
+        # generate_text_to_image drew (and what "Keep as experiment" will draw)
+        deterministic_torch()
         self.repo = repo
         self.record = read_model_record(repo / paths.BASE_MODEL_RECORD)
         self.device = pick_device()
