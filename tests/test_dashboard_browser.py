@@ -93,7 +93,8 @@ def test_picking_two_experiments_shows_both_columns_of_images(page: Page):
     assert len(pairs) == 12 and all(a != b for a, b in pairs)  # the rank shows in the Pokémon
     page.locator(".gl-thumb").first.click()
     expect(page.locator(".gl-overlay.gl-open")).to_be_visible()
-    expect(page.locator(".gl-caption")).to_contain_text("rank-8 · base")
+    # the Pokémon tab's overlay (the playground's gallery has one of its own)
+    expect(page.locator(".pokemon-panel .gl-caption")).to_contain_text("rank-8 · base")
     page.keyboard.press("Escape")
     expect(page.locator(".gl-overlay.gl-open")).to_have_count(0)
     tab(page, "Training curves")
