@@ -533,7 +533,7 @@ def differing_columns(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:
     for column in columns:
         values = frame[column]
         if not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)):
-            values = values[~values.map(_missing)]
+            values = values[~values.map(is_missing)]
         if _comparable(values).nunique(dropna=True) > 1:
             differing.append(column)
     return differing
@@ -544,7 +544,7 @@ def _sort_key(values: pd.Series) -> pd.Series:
     numbers = pd.to_numeric(values, errors="coerce")
     if numbers.notna().sum() >= values.notna().sum():
         return numbers
-    return values.map(lambda v: None if _missing(v) else _canonical(v))
+    return values.map(lambda v: None if is_missing(v) else _canonical(v))
 
 
 def sort_frame(frame: pd.DataFrame, column: str | None, descending: bool = False) -> pd.DataFrame:
@@ -556,13 +556,13 @@ def sort_frame(frame: pd.DataFrame, column: str | None, descending: bool = False
     )
 
 
-def _missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value) or value is pd.NaT
 
 
 def format_cell(value: Any) -> str:
     """A cell as the table shows it: 4 significant digits, short hashes, compact lists."""
-    if _missing(value):
+    if is_missing(value):
         return ""
     if isinstance(value, bool | np.bool_):
         return "true" if value else "false"
@@ -577,7 +577,7 @@ def format_cell(value: Any) -> str:
 
 def _canonical(value: Any) -> str:
     """One text per value, whatever pandas made of it (numpy scalars, 4.0 for 4, NaN)."""
-    if _missing(value):
+    if is_missing(value):
         return "null"
     if hasattr(value, "item") and not isinstance(value, list | dict):
         value = value.item()
@@ -639,7 +639,7 @@ def to_csv(frame: pd.DataFrame, columns: list[str]) -> str:
     table = frame[columns].copy()
     for column in columns:
         if table[column].map(lambda v: isinstance(v, list | dict)).any():
-            table[column] = table[column].map(lambda v: v if _missing(v) else format_cell(v))
+            table[column] = table[column].map(lambda v: v if is_missing(v) else format_cell(v))
     return table.to_csv(index=False)
 
 

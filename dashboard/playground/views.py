@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from dashboard.data import format_cell
+from dashboard.data import format_cell, is_missing
 from dashboard.playground.protocol import (
     MAX_LABEL,
     BaseColumn,
@@ -352,7 +352,7 @@ def keep_plan(form: PlaygroundState, state: DashboardState) -> KeepPlan:
     assignments: dict[str, Any] = {}
     for param in frame.attrs.get("params", []):
         value = row.get(param)
-        if param.startswith("generate.") or _missing(value):
+        if param.startswith("generate.") or is_missing(value):
             continue
         if format_cell(value) != format_cell(current.get(param)):
             assignments[param] = value.item() if hasattr(value, "item") else value  # numpy
@@ -377,7 +377,3 @@ def keep_plan(form: PlaygroundState, state: DashboardState) -> KeepPlan:
     if others:
         notes.append(f"kept with {chosen.label}'s params ({', '.join(others)} not)")
     return KeepPlan(assignments, chosen.label, notes)
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and pd.isna(value))
