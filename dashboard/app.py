@@ -246,14 +246,20 @@ class Dashboard:
 
     # ----- the one command path ------------------------------------------------------------
     def perform(
-        self, action: Callable[[], None], name: str | None = None, banner: bool = False
+        self,
+        action: Callable[[], None],
+        name: str | None = None,
+        banner: bool = False,
+        locked: bool = True,
     ) -> bool:
         """Run a command under the lock; when it fails, say why in the page (in the banner for
         reading and viewing, else in the status line, replacing any "...ing" message) and log
-        the traceback to the "dashboard" logger. Whether it succeeded."""
+        the traceback to the "dashboard" logger. Whether it succeeded. A long write in the
+        background runs with `locked=False`: holding the lock for minutes would hold every
+        click of the page, Cancel too, until it ended (the workspace lock keeps it alone)."""
         name = name or getattr(action, "__name__", "an action")
         try:
-            with self._busy:
+            with self._busy if locked else contextlib.nullcontext():
                 action()
         except Exception as error:
             # the same read error again (the watcher retries every second) is not logged

@@ -31,7 +31,11 @@ class Controller(Protocol):
     repo: Path
 
     def perform(
-        self, action: Callable[[], None], name: str | None = None, banner: bool = False
+        self,
+        action: Callable[[], None],
+        name: str | None = None,
+        banner: bool = False,
+        locked: bool = True,
     ) -> bool: ...
     def refresh(self, force: bool = False) -> bool: ...
     def say(self, message: str, error: bool = False) -> None: ...
@@ -286,7 +290,7 @@ class PickedActions:
                 work(started)
 
             try:
-                self.perform(run, work.__name__)
+                self.perform(run, work.__name__, locked=False)
             finally:
                 self._process = None
                 c.state.working = False

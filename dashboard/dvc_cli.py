@@ -134,14 +134,26 @@ def run_dvc(
         err.seek(0)
         result = subprocess.CompletedProcess(command, code, out.read(), err.read())
     if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        reason = next(
-            (line for line in lines if line.startswith("ERROR")), lines[-1] if lines else ""
-        )
+        reason = error_reason(result.stderr)
         if result.returncode == INTERRUPTED:
             raise DvcError(f"`{shown}` was interrupted (exit {INTERRUPTED}) before it finished")
         raise DvcError(f"`{shown}` failed (exit {result.returncode}): {reason}")
     return result.stdout
+
+
+def error_reason(stderr: str) -> str:
+    """dvc's ERROR line (else the last line), with the lines it announces when it ends in ':'
+    ("Checkout failed for following targets:" and the targets), at most five of them."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    at = next((i for i, line in enumerate(lines) if line.startswith("ERROR")), len(lines) - 1)
+    if at < 0:
+        return ""
+    reason = lines[at]
+    if reason.endswith(":"):
+        listed = [line for line in lines[at + 1 :] if not line.startswith(("ERROR", "WARNING"))]
+        more = f" and {len(listed) - 5} more" if len(listed) > 5 else ""
+        reason = f"{reason} {', '.join(listed[:5])}{more}".rstrip()
+    return reason
 
 
 INTERRUPTED = 252  # dvc's exit status after a KeyboardInterrupt (SIGINT)

@@ -9,15 +9,19 @@ import html
 import json
 import re
 import shutil
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from bench.harness.quick_repo import exp_run, make_quick_repo, run
-from dashboard import workspace
+from dashboard import dvc_cli, workspace
 from dashboard.app import Dashboard
 from dashboard.dvc_cli import DvcError, interrupt
+from dashboard.locks import WorkspaceLock
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -237,16 +241,123 @@ def test_undo_checks_again_at_confirm_what_changed_since_the_apply(repo: Path):
     assert rank(repo) == 5
 
 
-def test_a_cancelled_apply_is_never_killed_and_undo_brings_the_workspace_back(repo: Path):
+# A dvc whose `exp apply` stops in its longest part, the checkout of the outputs (after the git
+# files are written), until it is interrupted: the cancel then lands part-way, every time.
+SLOW_DVC = """#!{python}
+import pathlib, sys, time
+import dvc.repo.checkout
+def checkout(*args, **kwargs):
+    pathlib.Path({ready!r}).touch()
+    time.sleep(600)
+dvc.repo.checkout.checkout = checkout
+from dvc.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture
+def slow_apply(tmp_path: Path, monkeypatch) -> Path:
+    """dvc_cli runs a dvc whose apply waits in its output checkout; the file it touches there."""
+    ready = tmp_path / "apply-is-checking-out"
+    wrapper = tmp_path / "slow-dvc"
+    wrapper.write_text(SLOW_DVC.format(python=sys.executable, ready=str(ready)))
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(dvc_cli, "dvc_executable", lambda: str(wrapper))
+    return ready
+
+
+def wait_for_file(path: Path, process=None, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process is None or process.poll() is None, "dvc ended before it reached the wait"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_a_cancelled_apply_is_never_killed_and_undo_brings_the_workspace_back(
+    repo: Path, slow_apply: Path
+):
     edit_params(repo, 5)
     (repo / "notes.txt").write_text("mine\n")
     before = state(repo)
+    seen = []
+
+    def cancel_part_way(process) -> None:
+        seen.append(process)
+        wait_for_file(slow_apply, process)
+        interrupt(process)
+
     with pytest.raises(DvcError, match="Undo brings it back") as failure:
-        workspace.apply(repo, ref(repo, "withnotes"), started=interrupt)  # SIGINT at once
-    assert "exit -9" not in str(failure.value)
+        workspace.apply(repo, ref(repo, "withnotes"), started=cancel_part_way)
+    assert f"interrupted (exit {dvc_cli.INTERRUPTED})" in str(failure.value)  # never -9
+    assert seen[0].returncode == dvc_cli.INTERRUPTED
+    assert rank(repo) == 2, "the apply was cancelled after it wrote the experiment's files"
     assert workspace.has_undo(repo)
     workspace.undo(repo)
     assert state(repo) == before
+
+
+def test_cancel_in_the_page_stops_the_apply_cleanly_and_undo_brings_the_workspace_back(
+    repo: Path, slow_apply: Path
+):
+    edit_params(repo, 5)
+    (repo / "notes.txt").write_text("mine\n")
+    before = state(repo)
+    app = Dashboard(repo, watch=False)
+    actions_panel = app.panels.actions
+    app.pick(["withnotes"])
+    actions_panel.apply_button.click()
+    actions_panel.confirm_yes.click()
+    wait_for_file(slow_apply)
+    process = app.picked_actions._process
+    assert process is not None and process.poll() is None
+    assert actions_panel.cancel_button.layout.display is None  # shown while dvc works
+    # the click is answered while the apply runs (in the page, a click that waited for the
+    # apply would hold the kernel, and Cancel would come after the apply it was to stop)
+    click = threading.Thread(target=actions_panel.cancel_button.click, daemon=True)
+    click.start()
+    click.join(30)
+    if click.is_alive():
+        interrupt(process)
+    assert not click.is_alive(), "the Cancel click waited for the apply"
+    app.picked_actions.wait_for_work(120)
+    assert process.returncode == dvc_cli.INTERRUPTED  # SIGINT, handled by dvc: never a kill
+    status = app.panels.header.status.value
+    assert "interrupted" in status and "Undo brings it back" in status, status
+    assert actions_panel.cancel_button.layout.display == "none"
+    assert actions_panel.undo_button.layout.display is None
+
+    actions_panel.undo_button.click()
+    click_confirm(app)
+    assert "Undone" in app.panels.header.status.value, app.panels.header.status.value
+    assert state(repo) == before
+
+
+def test_apply_and_undo_wait_while_another_tab_changes_the_workspace(repo: Path):
+    """Another tab's workspace run holds the workspace lock: Apply and Undo say so and change
+    nothing; once it is released they work."""
+    edit_params(repo, 5)
+    app = Dashboard(repo, watch=False)
+    other_tab = WorkspaceLock(repo, "run an experiment in the workspace")
+    with other_tab:
+        app.pick(["eight"])
+        app.panels.actions.apply_button.click()
+        click_confirm(app)
+        said = app.panels.header.status.value
+        assert "cannot apply eight now: run an experiment in the workspace" in said, said
+        assert rank(repo) == 5 and not workspace.has_undo(repo)
+    app.panels.actions.apply_button.click()
+    click_confirm(app)
+    assert rank(repo) == 8 and workspace.has_undo(repo)
+    with other_tab:
+        app.panels.actions.undo_button.click()
+        click_confirm(app)
+        said = app.panels.header.status.value
+        assert "is changing the workspace" in said and "Undone" not in said, said
+        assert rank(repo) == 8
+    app.panels.actions.undo_button.click()
+    click_confirm(app)
+    assert rank(repo) == 5 and not workspace.has_undo(repo)
 
 
 def test_only_the_newest_entries_are_kept_and_undo_refuses_after_a_commit(repo: Path, monkeypatch):

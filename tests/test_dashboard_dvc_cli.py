@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from dashboard.dvc_cli import DvcError, error_text, run_dvc_json
+from dashboard.dvc_cli import DvcError, error_reason, error_text, run_dvc_json
 
 
 def init_repo(path):
@@ -56,3 +56,20 @@ def test_expected_errors_read_as_their_message_and_others_name_their_type(caplog
         {}["rank"]
     assert error_text(failed.value, "picking") == "Unexpected KeyError: 'rank'"
     assert "picking failed" in caplog.text and "Traceback" in caplog.text
+
+
+def test_an_error_that_announces_a_list_says_the_list():
+    stderr = (
+        "WARNING: some plots\nERROR: Checkout failed for following targets:\n"
+        + "".join(f"outputs/{n}\n" for n in range(7))
+        + "Is your cache up to date?\n"
+    )
+    assert error_reason(stderr) == (
+        "ERROR: Checkout failed for following targets: outputs/0, outputs/1, outputs/2, "
+        "outputs/3, outputs/4 and 3 more"
+    )
+    assert error_reason("ERROR: failed to reproduce 'x'\nmore\n") == (
+        "ERROR: failed to reproduce 'x'"
+    )
+    assert error_reason("no error line\nthe last one\n") == "the last one"
+    assert error_reason("") == ""

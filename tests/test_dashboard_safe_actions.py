@@ -10,10 +10,12 @@ import contextlib
 import html
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bench.harness.quick_repo import exp_run, make_quick_repo, run
 from dashboard import actions, dvc_cli
@@ -181,6 +183,24 @@ def test_experiments_named_like_branches_and_names_made_from_the_page(shared):
         actions.run_now(mine, actions.Launch({"train_lora.rank": 8}, "HEAD"))
     app.refresh(force=True)
     assert [name for name, state in states(app).items() if state == "queued"] == ["waiting"]
+
+
+def test_applying_a_pulled_experiment_named_main_applies_the_experiment(shared):
+    """`dvc exp apply main` would apply the branch main; the page applies the teammate's
+    experiment `main` (learning rate 6e-4) by its ref."""
+    theirs, mine, _ = shared
+    app = pulled(mine)
+    # the experiments' outputs in the user's cache, as `dvc pull` from a shared remote brings them
+    shutil.copytree(theirs / ".dvc" / "cache", mine / ".dvc" / "cache", dirs_exist_ok=True)
+    branch_params = (mine / "params.yaml").read_text()
+    app.pick(["main"])
+    app.panels.actions.apply_button.click()
+    confirm(app)
+    app.picked_actions.wait_for_work(300)
+    assert "Applied main" in said(app), said(app)
+    applied = yaml.safe_load((mine / "params.yaml").read_text())
+    assert applied["train_lora"]["learning_rate"] == 6e-4
+    assert yaml.safe_load(branch_params)["train_lora"]["learning_rate"] != 6e-4
 
 
 def test_a_grid_that_fails_part_way_says_what_was_queued(tmp_path: Path, caplog):
