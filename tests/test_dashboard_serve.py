@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness.browser import Served, voila_server
+from bench.harness.browser import CHROMIUM_ARGS, Served, chromium_path, voila_server
 from dashboard.serve import is_loopback, main, voila_config, without_token
 
 pytestmark = pytest.mark.timeout(300)
@@ -132,6 +132,36 @@ def test_a_dns_rebinding_page_is_refused_by_the_host_check(served: Served):
     # names of this machine pass: the check refuses only other sites
     for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
         assert get(served, "/voila/static/voila.js", host=host)[0] == 200
+
+
+@pytest.mark.browser
+def test_chromium_on_a_rebound_name_or_without_the_token_gets_no_page(served: Served):
+    """The attack as a browser makes it: Chromium resolves evil.example to 127.0.0.1 (what a
+    DNS-rebinding site arranges) and opens the dashboard's address under that name, token and
+    all; then the real address without the token (that no kernel starts for it is
+    test_a_request_without_the_token_is_refused_and_starts_no_kernel's, on a server of its own:
+    this one's preheated pool refills after the earlier tests)."""
+    from playwright.sync_api import sync_playwright
+
+    rebound = served.url.replace("127.0.0.1", EVIL)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=chromium_path(),
+            args=[*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {EVIL} 127.0.0.1"],
+        )
+        try:
+            page = chromium.new_page()
+            response = page.goto(rebound)
+            assert response is not None and response.status == 403
+            assert "widget-view+json" not in page.content()
+            response = page.goto(served.url.split("?")[0])  # the right name, no token
+            assert response is not None and "/login" in page.url
+            assert "widget-view+json" not in page.content()
+            response = page.goto(served.url)  # the printed address: the page itself
+            assert response is not None and response.status == 200
+            page.wait_for_selector(".jupyter-widgets", timeout=60_000)
+        finally:
+            chromium.close()
 
 
 def test_a_request_without_the_token_is_refused_and_starts_no_kernel(tmp_path: Path):
