@@ -35,7 +35,9 @@ PROMPT = "a pkmnlora pokemon with a flame tail"
 LIMIT = 180_000  # ms
 # Records when the pane first says where the worker runs and when images arrive (ms since
 # navigation or since the click), from the page itself: Playwright's polling waits behind the
-# page's busy main thread.
+# page's busy main thread. A draw's progress carries its count of images (data-done), and says
+# "N images in S s" once finished: a new draw is seen when that goes, even when it draws the
+# very images already shown.
 WATCH = """
 window.__seen = {};
 new MutationObserver(() => {
@@ -43,12 +45,13 @@ new MutationObserver(() => {
   const worker = document.querySelector('.playground-worker');
   if (worker && /· cpu|· cuda|· mps/.test(worker.textContent) && !window.__seen.ready)
     window.__seen.ready = now;
-  const images = document.querySelectorAll('.playground-gallery .gl-thumb').length;
-  if (!images) window.__seen.cleared = true;  // a new draw empties the gallery first
+  const progress = document.querySelector('.playground-progress');
+  const done = progress ? Number(progress.dataset.done) : 0;
+  if (progress && !/images in/.test(progress.textContent)) window.__seen.cleared = true;
   if (!window.__seen.cleared) return;
-  if (images && !window.__seen.first) window.__seen.first = now;
-  if (images >= 12 && !window.__seen.last) window.__seen.last = now;
-}).observe(document, {subtree: true, childList: true, characterData: true});
+  if (done >= 1 && !window.__seen.first) window.__seen.first = now;
+  if (done >= 12 && !window.__seen.last) window.__seen.last = now;
+}).observe(document, {subtree: true, childList: true, characterData: true, attributes: true});
 """
 
 
@@ -59,6 +62,9 @@ def click_draw(page: Page) -> dict[str, float]:
     page.locator(".action-draw").click()
     expect(page.locator(".playground-progress")).to_contain_text("12 images in", timeout=LIMIT)
     seen = page.evaluate("() => window.__seen")
+    if not (seen.get("first") and seen.get("last")):  # not seen in the page: no figure
+        print(f"the watch missed this draw's progress: {seen}", flush=True)
+        return {"first": float("nan"), "last": float("nan")}
     return {"first": (seen["first"] - started) / 1000, "last": (seen["last"] - started) / 1000}
 
 

@@ -473,6 +473,14 @@ class Dashboard:
 
         self.perform(pick, "pick", banner=True)
 
+    def download(self, name: str, data: bytes, mime: str) -> None:
+        """Make the browser save `data` as the file `name`."""
+        self.panels.table.download(name, data, mime)
+
+    def outside(self, path: str) -> str | None:
+        """Why the page must not read the workspace file `path`, or None (store.outside)."""
+        return self.store.outside(path)
+
     def export(self, kind: str) -> None:
         """Download the table as shown (rows filtered and sorted, columns shown)."""
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from dashboard import actions, questions, views, workspace
+from dashboard import actions, lora_files, questions, views, workspace
 from dashboard.dvc_cli import interrupt
 from dashboard.state import DashboardState
 from dashboard.state import ExperimentState as S
@@ -41,6 +41,8 @@ class Controller(Protocol):
     def say(self, message: str, error: bool = False) -> None: ...
     def render_actions(self) -> None: ...
     def render_queue(self) -> None: ...
+    def download(self, name: str, data: bytes, mime: str) -> None: ...
+    def outside(self, path: str) -> str | None: ...
 
 
 def targets(repo: Path, rows: list[dict[str, Any]]) -> list[actions.Target]:
@@ -360,3 +362,28 @@ class PickedActions:
     def pull(self, remote: str | None) -> None:
         self.controller.say(actions.pull(self.controller.repo, remote))
         self.controller.refresh(force=True)
+
+    # ----- the LoRA files ------------------------------------------------------------------
+    def download_lora(self) -> None:
+        """The picked row's outputs/lora (the workspace's, a commit's or an experiment's, read
+        at its commit) as a zip that the browser saves."""
+        c = self.controller
+        frame = c.state.frame
+        rows = frame[frame["id"].isin(c.state.picked)].to_dict("records")
+        if len(rows) != 1:
+            raise ValueError(f"pick one row to download its LoRA files; {len(rows)} picked")
+        (row,) = rows
+        if row["kind"] == "experiment":
+            if row["state"] != S.SUCCESS:
+                raise ValueError(f"{row['name']} is {row['state']}: it has no LoRA files yet")
+            rev = targets(c.repo, [row])[0].commit
+        else:
+            rev = None if row["kind"] == "workspace" else str(row["id"])
+        name = lora_files.zip_name(str(row["name"]))
+        c.say(f"Reading the LoRA files of {row['name']}…")
+        data = lora_files.lora_zip(c.repo, rev, str(row["name"]), c.outside)
+        c.download(name, data, "application/zip")
+        c.say(
+            f"Downloading {name} ({len(data) / 1e6:.1f} MB): the LoRA in the diffusers and "
+            "kohya formats, its model card and samples, its params."
+        )

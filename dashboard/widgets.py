@@ -33,9 +33,12 @@ class ExperimentTable(anywidget.AnyWidget):
     height = traitlets.Int(420).tag(sync=True)
     empty_text = traitlets.Unicode("No experiments.").tag(sync=True)
 
-    def download(self, name: str, text: str, mime: str) -> None:
-        """Make the browser save `text` as the file `name`."""
-        self.send({"download": {"name": name, "text": text, "mime": mime}})
+    def download(self, name: str, data: str | bytes, mime: str) -> None:
+        """Make the browser save `data` as the file `name` (bytes go as a binary buffer)."""
+        if isinstance(data, bytes):
+            self.send({"download": {"name": name, "mime": mime}}, [data])
+        else:
+            self.send({"download": {"name": name, "text": data, "mime": mime}})
 
 
 def image_uri(path: str | Path, max_side: int | None = None) -> str:

@@ -14,6 +14,7 @@ import json
 import logging
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params, compute_snr
 from peft import LoraConfig
 from peft.utils import set_peft_model_state_dict
+from PIL import Image
 from tqdm import tqdm
 
 from stages.common import paths
@@ -35,6 +37,15 @@ from stages.common.fsutil import atomic_dir, atomic_write_json
 from stages.common.params import TrainLoraParams, load_params
 from stages.common.tracking import close_live, open_live
 from stages.models.diffusion import load_pipeline, read_model_record
+from stages.models.export import (
+    CARD_GUIDANCE,
+    CARD_SEEDS,
+    CARD_STEPS,
+    kohya_metadata,
+    kohya_state_dict,
+    model_card,
+    save_kohya,
+)
 from stages.models.lora import (
     Encoded,
     dataset_digest,
@@ -101,19 +112,61 @@ def step_randomness(
     return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
 
 
-def validation_image(pipe_parts: dict, prompt: str, seed: int):
+def draw(
+    pipe_parts: dict, prompt: str, seeds: list[int], steps: int = 20, guidance: float = 4.0
+) -> list[Image.Image]:
+    """The LoRA as trained so far draws `prompt` once per seed (DPM-Solver++), in one call."""
     pipe = StableDiffusionPipeline(
         **pipe_parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    pipe.unet.eval()  # no LoRA dropout in a drawing (the next training step sets train() again)
     with torch.inference_mode():
         return pipe(
             prompt,
-            num_inference_steps=20,
-            guidance_scale=4.0,
-            generator=torch.Generator().manual_seed(seed),
-        ).images[0]
+            num_images_per_prompt=len(seeds),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+        ).images
+
+
+def write_lora(
+    out: Path, run: TrainingRun, seed: int, record: dict, examples: list, digest: str, run_id: str
+) -> None:
+    """The LoRA folder: the diffusers file, the kohya file with its metadata, the model card
+    with its sample images (drawn here, by the LoRA just trained), the resolved params."""
+    cfg = run.cfg
+    unet, text_encoder = run.trained_unwrapped()
+    save_lora(out, unet, text_encoder)
+    with Image.open(examples[0].path) as first:
+        resolution = first.width
+    metadata = kohya_metadata(
+        cfg.model_dump(), seed, record, [e.caption for e in examples], resolution, digest
+    )
+    weights = kohya_state_dict(
+        lora_state(unet), lora_state(text_encoder) if text_encoder else None, cfg.alpha
+    )
+    save_kohya(out, weights, metadata)
+    trigger = metadata["modelspec.trigger_phrase"]
+    images = draw(run.pipeline_parts(), trigger, CARD_SEEDS, CARD_STEPS, CARD_GUIDANCE)
+    (out / paths.LORA_SAMPLES).mkdir()
+    samples = []
+    for card_seed, image in zip(CARD_SEEDS, images, strict=True):
+        samples.append(f"{paths.LORA_SAMPLES}/sample-{card_seed}.png")
+        image.save(out / samples[-1])
+    (out / paths.LORA_CARD).write_text(model_card(metadata, record, samples), encoding="utf-8")
+    atomic_write_json(
+        out / "params.json",
+        {
+            "train_lora": cfg.model_dump(),
+            "seed": seed,
+            "base_model": record,
+            "training_images": len(examples),
+            "fingerprint": run_id,
+        },
+    )
 
 
 def train(cfg: TrainLoraParams, seed: int) -> None:
@@ -166,7 +219,7 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
         bar.set_postfix(loss=f"{entry['loss']:.4f}")
         done = step + 1
         if cfg.validation_every and done % cfg.validation_every == 0:
-            image = validation_image(run.pipeline_parts(), cfg.validation_prompt, seed)
+            (image,) = draw(run.pipeline_parts(), cfg.validation_prompt, [seed])
             live.log_image(f"validation/step-{done:06d}.png", image)
         periodic = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
         if (periodic or stop.requested) and done < cfg.max_steps:
@@ -183,17 +236,7 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
     write_timing(cfg, start_step, time.monotonic() - started)
 
     with atomic_dir(paths.LORA) as out:
-        save_lora(out, *run.trained_unwrapped())
-        atomic_write_json(
-            out / "params.json",
-            {
-                "train_lora": cfg.model_dump(),
-                "seed": seed,
-                "base_model": record,
-                "training_images": len(examples),
-                "fingerprint": run_id,
-            },
-        )
+        write_lora(out, run, seed, record, examples, digest, run_id)
     checkpoint_file.unlink(missing_ok=True)
     log.info("LoRA saved to %s: %s", paths.LORA / paths.LORA_WEIGHTS, json.dumps(metrics))
 

@@ -22,6 +22,7 @@ class ActionCommands(Protocol):
     def ask_remove(self) -> None: ...
     def push(self, remote: str | None) -> None: ...
     def pull(self, remote: str | None) -> None: ...
+    def download_lora(self) -> None: ...
     def confirm(self) -> None: ...
     def dismiss(self) -> None: ...
 
@@ -94,6 +95,13 @@ class ActionsPanel(Panel):
             "dvc exp pull: every experiment of this commit on the git remote, with its outputs",
             perform(lambda: commands.pull(self.remote.value), "pull"),
         )
+        self.lora_button = button(
+            "LoRA files",
+            "download",
+            "download the picked row's LoRA: the diffusers and kohya (A1111, ComfyUI) files, its "
+            "model card and samples, its params, as a zip",
+            perform(commands.download_lora, "download the LoRA files"),
+        )
         self.question = w.HTML()
         self.question.add_class("confirm-text-box")
         self.confirm_yes = w.Button(description="Confirm", button_style="danger", icon="check")
@@ -119,6 +127,7 @@ class ActionsPanel(Panel):
                 self.remote,
                 self.push_button,
                 self.pull_button,
+                self.lora_button,
             ],
             layout=w.Layout(flex_flow="row wrap", align_items="center"),
         )

@@ -111,8 +111,8 @@ class TablePanel(Panel):
         with self.rendering(), self.table.hold_sync():
             self.table.picked, self.table.colors = list(picked), colors
 
-    def download(self, name: str, text: str, mime: str) -> None:
-        self.table.download(name, text, mime)
+    def download(self, name: str, data: str | bytes, mime: str) -> None:
+        self.table.download(name, data, mime)
 
 
 def with_thumbs(model: TableModel) -> list[dict]:

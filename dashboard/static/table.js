@@ -12,8 +12,8 @@ function el(tag, className, text) {
   return node;
 }
 
-function download(name, text, mime) {
-  const url = URL.createObjectURL(new Blob([text], { type: mime }));
+function download(name, data, mime) {
+  const url = URL.createObjectURL(new Blob([data], { type: mime }));
   const link = el("a");
   link.href = url;
   link.download = name;
@@ -157,8 +157,9 @@ function render({ model, el: root }) {
     model.on(`change:${name}`, body);
   }
   model.on("change:height", sizeAndDraw);
-  model.on("msg:custom", (message) => {
-    if (message.download) download(message.download.name, message.download.text, message.download.mime);
+  model.on("msg:custom", (message, buffers) => {
+    const file = message.download;
+    if (file) download(file.name, file.text ?? buffers[0], file.mime);
   });
   sizeAndDraw();
   // Tell Python the table is on screen: the plots, slower to draw, wait for this.

@@ -37,8 +37,11 @@ TINY_PIPELINE = BASE_MODEL / "pipeline"  # the tiny model's diffusers folder
 BASE_SAMPLES = BASE_MODEL / "samples.png"  # one creature per type prompt, to see what it learnt
 
 # train_lora
-LORA = OUTPUTS / "lora"  # pytorch_lora_weights.safetensors + the resolved params
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+LORA = OUTPUTS / "lora"  # the LoRA (two formats), its model card and samples, the params
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers/PEFT format (load_lora_weights)
+LORA_KOHYA = "pokemon_lora.safetensors"  # the same LoRA in kohya's format (A1111, ComfyUI, hubs)
+LORA_CARD = "README.md"  # the model card, as the Hugging Face hub shows it
+LORA_SAMPLES = "images"  # the card's sample images: sample-<seed>.png
 TRAIN_LORA = OUTPUTS / "train_lora"  # dvclive: metrics.json, plots/metrics/loss.tsv
 TRAIN_LORA_TIMING = TRAIN_LORA / "timing.json"  # seconds and images/s: not an output (git-ignored)
 

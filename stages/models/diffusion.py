@@ -89,7 +89,7 @@ def load_pipeline(
     if scheduler is not None:
         pipe.scheduler = SCHEDULER_CLASSES[scheduler].from_config(pipe.scheduler.config)
     if lora_dir is not None:
-        pipe.load_lora_weights(str(lora_dir))
+        pipe.load_lora_weights(str(lora_dir), weight_name=paths.LORA_WEIGHTS)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device or pick_device())
 

@@ -245,12 +245,20 @@ def lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_lora(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> None:
-    """pytorch_lora_weights.safetensors in the diffusers format (pipe.load_lora_weights)."""
+    """pytorch_lora_weights.safetensors in the diffusers format (pipe.load_lora_weights), with
+    each adapter's LoRA config in its header: without it a loader takes alpha = rank, and a LoRA
+    trained with another alpha would load at the wrong strength."""
     StableDiffusionPipeline.save_lora_weights(
         save_directory=str(folder),
         unet_lora_layers=convert_state_dict_to_diffusers(lora_state(unet)),
         text_encoder_lora_layers=(
             convert_state_dict_to_diffusers(lora_state(text_encoder)) if text_encoder else None
         ),
+        unet_lora_adapter_metadata=adapter_config(unet),
+        text_encoder_lora_adapter_metadata=adapter_config(text_encoder) if text_encoder else None,
         safe_serialization=True,
     )
+
+
+def adapter_config(model: torch.nn.Module) -> dict[str, Any]:
+    return model.peft_config["default"].to_dict()
