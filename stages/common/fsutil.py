@@ -67,3 +67,21 @@ def atomic_write_text(target: Path, text: str) -> None:
 
 def atomic_write_json(target: Path, value: Any) -> None:
     atomic_write_text(target, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def stable_safetensors(raw: bytes) -> bytes:
+    """A safetensors file's bytes with its JSON header in a fixed order (the metadata first,
+    its keys sorted, then the tensors by name). safetensors keeps the header in a hash map
+    whose order changes with each process, so two runs that save the same tensors and the same
+    metadata of more than one key write different bytes, and DVC sees a new output. Offsets
+    are absolute, so the data is untouched; the header keeps its length (and padding)."""
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    ordered = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    ordered |= {name: header[name] for name in sorted(header)}
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > size:
+        raise ValueError(f"safetensors header: {len(text)} bytes once ordered, {size} before")
+    return raw[:8] + text.ljust(size) + raw[8 + size :]

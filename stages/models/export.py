@@ -23,7 +23,7 @@ from diffusers.utils import convert_state_dict_to_kohya
 from safetensors.torch import save as safetensors_bytes
 
 from stages.common import paths
-from stages.common.fsutil import atomic_write_bytes
+from stages.common.fsutil import atomic_write_bytes, stable_safetensors
 
 SD1_TEXT_ENCODER = (
     "lora_te_"  # kohya's prefix for SD 1.x's text encoder (SDXL: lora_te1_, lora_te2_)
@@ -140,7 +140,7 @@ def kohya_metadata(
 
 def save_kohya(folder: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
     path = Path(folder) / paths.LORA_KOHYA
-    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
+    atomic_write_bytes(path, stable_safetensors(safetensors_bytes(tensors, metadata=metadata)))
     return path
 
 

@@ -25,7 +25,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from stages.common import paths
 from stages.common.errors import StageError
-from stages.common.fsutil import atomic_write_bytes
+from stages.common.fsutil import atomic_write_bytes, stable_safetensors
 from stages.models.diffusion import tokenize
 from stages.models.tensors import to_unit_range
 
@@ -258,7 +258,13 @@ def save_lora(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module
         text_encoder_lora_adapter_metadata=adapter_config(text_encoder) if text_encoder else None,
         safe_serialization=True,
     )
+    weights = Path(folder) / paths.LORA_WEIGHTS  # its header in a fixed order: see fsutil
+    atomic_write_bytes(weights, stable_safetensors(weights.read_bytes()))
 
 
 def adapter_config(model: torch.nn.Module) -> dict[str, Any]:
-    return model.peft_config["default"].to_dict()
+    """The adapter's LoraConfig as the file keeps it, its sets (target_modules) sorted: diffusers
+    lists a set in its iteration order, which changes with each process's hash seed, and the
+    file would differ from run to run."""
+    config = model.peft_config["default"].to_dict()
+    return {key: sorted(v) if isinstance(v, set | frozenset) else v for key, v in config.items()}
