@@ -72,6 +72,7 @@ def test_train_lora_writes_the_kohya_file_and_a_model_card_beside_the_diffusers_
     assert len(grouped) == sum(".lora.down." in key for key in diffusers_file)
 
     saved = json.loads((out / "params.json").read_text())
+    card = (out / paths.LORA_CARD).read_text()
     assert metadata["ss_network_module"] == "networks.lora"
     assert metadata["ss_network_dim"] == str(rank)
     assert metadata["ss_network_alpha"] == str(TrainLoraParams().alpha)
@@ -83,13 +84,13 @@ def test_train_lora_writes_the_kohya_file_and_a_model_card_beside_the_diffusers_
     assert metadata["ss_num_train_images"] == str(saved["training_images"])
     assert metadata["modelspec.trigger_phrase"] == "a pkmnlora pokemon"
     assert metadata["ss_sd_model_name"] == "pokemon-lora tiny (shipped)"
-    assert metadata["ss_sd_model_sha256"] == saved["base_model"]["fingerprint"]
+    assert metadata["ss_sd_model_fingerprint"] == saved["base_model"]["fingerprint"]
+    assert f"fingerprint `{saved['base_model']['fingerprint']}`" in card
     assert re.fullmatch(r"[0-9a-f]{64}", metadata["ss_dataset_sha256"])
     assert json.loads(metadata["ss_tag_frequency"]) == {
         "lora_dataset": {"a pkmnlora pokemon": saved["training_images"]}
     }
 
-    card = (out / paths.LORA_CARD).read_text()
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["instance_prompt"] == "a pkmnlora pokemon"
     assert front["library_name"] == "diffusers" and "lora" in front["tags"]

@@ -75,14 +75,28 @@ def trigger_phrase(captions: list[str]) -> str:
 
 def base_model_fields(record: dict[str, Any]) -> dict[str, str]:
     """The base model as kohya's metadata names it, with what pins it: a hub model's resolved
-    commit, a local or shipped model's content hash."""
+    commit, else set_up_diffusers' fingerprint of its folder (see base_model_pin)."""
     if record["kind"] == "hub":
         return {"ss_sd_model_name": record["id"], "ss_sd_model_commit": record["commit"]}
     name = {"tiny": "pokemon-lora tiny (shipped)", "tiny-scratch": "pokemon-lora tiny (scratch)"}
     return {
         "ss_sd_model_name": name.get(record["kind"], Path(record.get("path", "")).name),
-        "ss_sd_model_sha256": str(record.get("fingerprint", "")),
+        "ss_sd_model_fingerprint": str(record.get("fingerprint", "")),
     }
+
+
+def base_model_pin(record: dict[str, Any]) -> str:
+    """What pins the base model, in words for the card."""
+    if record["kind"] == "hub":
+        return f"commit `{record['commit']}`"
+    what = (
+        "its files' names, sizes and modification times"
+        if record["kind"] == "local"
+        else "its files' names and content"
+    )
+    return (
+        f"fingerprint `{record.get('fingerprint')}`: the first 16 hex digits of a sha256 of {what}"
+    )
 
 
 def kohya_metadata(
@@ -158,9 +172,7 @@ def model_card(metadata: dict[str, str], record: dict[str, Any], samples: list[s
         "tags": ["text-to-image", "stable-diffusion", "lora", "diffusers", "pokemon"],
         "widget": [{"text": trigger, "output": {"url": sample}} for sample in samples],
     }
-    pins = (
-        f"commit `{record['commit']}`" if hub else f"content sha256 `{record.get('fingerprint')}`"
-    )
+    pins = base_model_pin(record)
     rows = [
         ("base model", f"{base} ({pins})"),
         ("trigger phrase", f"`{trigger}`"),
