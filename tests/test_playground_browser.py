@@ -7,10 +7,14 @@ run into the table."""
 from __future__ import annotations
 
 import json
+import re
+import time
+import zipfile
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
+from safetensors.torch import load
 
 from bench.harness.browser import launch, voila_server
 from bench.harness.playground_repo import add_playground_experiment, make_playground_repo
@@ -55,6 +59,19 @@ def thumbs(page: Page, column: int):
 
 def sources(page: Page, column: int) -> list[str]:
     return thumbs(page, column).evaluate_all("images => images.map(i => i.src)")
+
+
+def new_draw(page: Page, before: list[list[str]]) -> list[list[str]]:
+    """The three columns' images once a draw other than `before` has finished in the page."""
+    progress = page.locator(".playground-panel .playground-progress")
+    deadline = time.monotonic() + WAIT / 1000
+    while True:
+        now = [sources(page, c) for c in range(3)]
+        done = "images in" in (progress.text_content() or "")
+        if done and now[1] != before[1] and all(len(column) == SEEDS for column in now):
+            return now
+        assert time.monotonic() < deadline, f"no new draw in the page: {progress.text_content()}"
+        page.wait_for_timeout(100)
 
 
 def kernel_pids(server_pid: int) -> list[int]:
@@ -110,11 +127,8 @@ def test_a_new_scale_draws_again_with_the_same_base(page: Page):
     readout.click()
     readout.fill("0.00")
     readout.press("Enter")
-    expect(pane.locator(".playground-progress")).to_contain_text(
-        f"{3 * SEEDS} images in", timeout=WAIT
-    )
-    expect(thumbs(page, 2)).to_have_count(SEEDS, timeout=WAIT)
-    after = [sources(page, c) for c in range(3)]
+    # "6 images in" also ends the draw before this one: wait for the LoRA columns to change
+    after = new_draw(page, before)
     assert after[0] == before[0]  # the base, from the same noise
     assert after[1] != before[1] and after[2] != before[2]
     # at scale 0 a LoRA draws what the base draws
@@ -156,3 +170,19 @@ def experiment_params(repo: Path) -> list[dict]:
                 files = (revision.get("data") or {}).get("params") or {}
                 found.append(files["params.yaml"]["data"])
     return found
+
+
+def test_the_lora_files_button_saves_the_picked_experiments_lora(page: Page, tmp_path: Path):
+    """The zip comes through the page's widget as a binary buffer and the browser saves it."""
+    unpick_all(page)
+    row(page, "rank-8").click()
+    expect(row(page, "rank-8")).to_have_class(re.compile("xt-picked"))
+    with page.expect_download(timeout=WAIT) as info:
+        page.locator(".action-lora-files").click()
+    download = info.value
+    assert download.suggested_filename == "pokemon-lora-rank-8.zip"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    with zipfile.ZipFile(saved) as archive:
+        weights = load(archive.read("pokemon-lora-rank-8/pytorch_lora_weights.safetensors"))
+    assert next(t for k, t in weights.items() if ".lora.down." in k).shape[0] == 8
