@@ -34,7 +34,9 @@ def lora_zip(
     folder = paths.LORA.as_posix()
     try:
         fs = DVCFileSystem(str(repo), rev=rev)
-        files = sorted(fs.find(folder, detail=False))
+        # from the repository's root: a relative path is taken from the working directory when
+        # that is inside the repository (Voila runs the kernel in the dashboard's folder)
+        files = sorted(fs.find(f"/{folder}", detail=False))
     except Exception as error:  # dvc raises many kinds; each is said, none is hidden
         raise DvcError(
             f"cannot list {folder} of {where}: {error}. Its outputs may not be in this "

@@ -44,6 +44,7 @@ def rank_in(data: bytes, folder: str) -> int:
 
 
 def test_the_picked_experiments_lora_files_download_as_a_zip(repo: Path, monkeypatch):
+    monkeypatch.chdir(repo / "outputs")  # as Voila's kernel runs in a folder of the repository
     app = Dashboard(repo, watch=False)
     ((name, data, mime),) = downloaded(app, monkeypatch, "rank-8")
     assert (name, mime) == ("pokemon-lora-rank-8.zip", "application/zip")
