@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -56,6 +57,19 @@ class Workdir:
             text=True,
         )
 
+    def script(self, code: str) -> dict:
+        """Run `code` in a fresh Python in this folder; the JSON of its last printed line."""
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=self.path,
+            env=stage_env(self.cache),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
     def run(self, stage: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(
             self.command(stage),
@@ -69,6 +83,21 @@ class Workdir:
         if check and result.returncode != 0:
             raise AssertionError(f"stage {stage} failed:\n{result.stdout}\n{result.stderr}")
         return result
+
+
+# The start of a Workdir.script: the stages' tiny base model as a fresh diffusers pipeline, and
+# draw(steps), one image of the trigger phrase from seed 0 as a tensor.
+TINY_PIPELINE_SCRIPT = """
+import json, sys, torch
+from diffusers import StableDiffusionPipeline
+pipe = StableDiffusionPipeline.from_pretrained(
+    "outputs/base_model/pipeline", safety_checker=None, requires_safety_checker=False)
+pipe.set_progress_bar_config(disable=True)
+def draw(steps):
+    out = pipe("a pkmnlora pokemon", num_inference_steps=steps, output_type="np",
+               generator=torch.Generator().manual_seed(0))
+    return torch.from_numpy(out.images)
+"""
 
 
 def wait_until(

@@ -4,13 +4,10 @@ the stages that read it. In `make test`: the data stages on 60 synthetic creatur
 
 from __future__ import annotations
 
-import subprocess
-
 import yaml
 
 from bench.harness.project import REPO
-from tests.conftest import stage_env
-from tests.test_pipeline_dvc import dvc, git, make_repo, ran
+from tests.test_pipeline_dvc import dvc, git, make_repo, ran, run_dvc
 
 
 def test_every_stage_but_the_check_depends_on_its_stamp():
@@ -44,15 +41,7 @@ def test_a_bad_param_stops_the_pipeline_before_any_output_is_deleted(tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["resize"]["size"] = -3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
-    result = subprocess.run(
-        ["dvc", "repro"],
-        cwd=repo,
-        env=stage_env(cache),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_dvc(repo, cache, "repro")
     said = result.stdout + result.stderr
     assert result.returncode != 0
     assert ran(said) == ["check_params"], said

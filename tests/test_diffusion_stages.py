@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from stages.common.errors import StageError
 from stages.models.shipped import SHIPPED, SHIPPED_RECORD, file_hashes, verify
-from tests.conftest import TINY, Workdir, stage_env, wait_until
+from tests.conftest import TINY, TINY_PIPELINE_SCRIPT, Workdir, stage_env, wait_until
 
 
 def lora_tensors(work: Workdir) -> dict[str, torch.Tensor]:
@@ -121,37 +121,22 @@ def test_generate_writes_stable_paths_for_every_prompt_and_seed(pipeline_run):
     assert (out / "grid.png").is_file()
 
 
-LOAD_SCRIPT = """
-import json, sys, torch
-from diffusers import StableDiffusionPipeline
-pipe = StableDiffusionPipeline.from_pretrained(
-    "outputs/base_model/pipeline", safety_checker=None, requires_safety_checker=False)
-pipe.set_progress_bar_config(disable=True)
-def draw():
-    out = pipe("a pkmnlora pokemon", num_inference_steps=3, output_type="np",
-               generator=torch.Generator().manual_seed(0))
-    return torch.from_numpy(out.images)
-base = draw()
+LOAD_SCRIPT = (
+    TINY_PIPELINE_SCRIPT
+    + """
+base = draw(3)
 pipe.load_lora_weights("outputs/lora")
-with_lora = draw()
+with_lora = draw(3)
 pipe.unload_lora_weights()
-again = draw()
+again = draw(3)
 print(json.dumps({"changed": float((with_lora - base).abs().max()),
                   "restored": float((again - base).abs().max())}))
 """
+)
 
 
 def test_lora_loads_in_a_fresh_process_changes_the_output_and_unloads_exactly(pipeline_run):
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_SCRIPT],
-        cwd=pipeline_run.path,
-        env=stage_env(pipeline_run.cache),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures = pipeline_run.script(LOAD_SCRIPT)
     assert figures["changed"] > 1e-4
     assert figures["restored"] == 0.0
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from stages.models.diffusion import tokenize
 from stages.models.export import kohya_metadata, kohya_state_dict, save_kohya, trigger_phrase
 from stages.models.lora import lora_state, save_lora
 from stages.train_lora import TEXT_ENCODER_TARGETS
-from tests.conftest import TINY, Workdir, stage_env
+from tests.conftest import TINY, TINY_PIPELINE_SCRIPT, Workdir
 
 KOHYA_KEY = re.compile(r"lora_(unet|te)_([a-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)")
 # The diffusers module names that AUTOMATIC1111 maps to its own (LDM) names for SD 1.x
@@ -103,41 +101,26 @@ def test_train_lora_writes_the_kohya_file_and_a_model_card_beside_the_diffusers_
     assert f'weight_name="{paths.LORA_WEIGHTS}"' in card
 
 
-ROUND_TRIP = """
-import json, sys, torch
-from diffusers import StableDiffusionPipeline
-pipe = StableDiffusionPipeline.from_pretrained(
-    "outputs/base_model/pipeline", safety_checker=None, requires_safety_checker=False)
-pipe.set_progress_bar_config(disable=True)
-def draw():
-    out = pipe("a pkmnlora pokemon", num_inference_steps=4, output_type="np",
-               generator=torch.Generator().manual_seed(0))
-    return torch.from_numpy(out.images)
-base = draw()
+ROUND_TRIP = (
+    TINY_PIPELINE_SCRIPT
+    + """
+base = draw(4)
 images = {}
 for name in ("pytorch_lora_weights.safetensors", "pokemon_lora.safetensors"):
     pipe.load_lora_weights("outputs/lora", weight_name=name)
-    images[name] = draw()
+    images[name] = draw(4)
     pipe.unload_lora_weights()
 diffusers, kohya = images.values()
 print(json.dumps({"lora": float((diffusers - base).abs().max()),
                   "kohya_vs_diffusers": float((kohya - diffusers).abs().max())}))
 """
+)
 
 
 def test_the_kohya_file_draws_what_the_diffusers_file_draws(pipeline_run: Workdir):
     """diffusers' own loader reads the kohya file (through its kohya converter) into a fresh
     pipeline in a fresh process: the same images as the diffusers file, within 1e-4."""
-    result = subprocess.run(
-        [sys.executable, "-c", ROUND_TRIP],
-        cwd=pipeline_run.path,
-        env=stage_env(pipeline_run.cache),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures = pipeline_run.script(ROUND_TRIP)
     print(figures)
     assert figures["lora"] > 1e-3  # the LoRA changes the images
     assert figures["kohya_vs_diffusers"] < 1e-4

@@ -57,8 +57,8 @@ def git(repo: Path, *args: str) -> str:
     ).stdout
 
 
-def dvc(repo: Path, cache: Path, *args: str) -> str:
-    result = subprocess.run(
+def run_dvc(repo: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         ["dvc", *args],
         cwd=repo,
         env=stage_env(cache),
@@ -67,6 +67,11 @@ def dvc(repo: Path, cache: Path, *args: str) -> str:
         timeout=600,
         stdin=subprocess.DEVNULL,
     )
+
+
+def dvc(repo: Path, cache: Path, *args: str) -> str:
+    """What `dvc <args>` printed; it must succeed."""
+    result = run_dvc(repo, cache, *args)
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
     return result.stdout + result.stderr
 
