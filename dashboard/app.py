@@ -34,7 +34,14 @@ import pandas as pd
 
 from dashboard import actions, questions, views, workspace
 from dashboard.commands import Launcher, PickedActions
-from dashboard.data import FilterError, carry_picks, changed_params, to_csv, to_markdown
+from dashboard.data import (
+    FilterError,
+    carry_picks,
+    changed_params,
+    to_csv,
+    to_markdown,
+    vanished,
+)
 from dashboard.dvc_cli import DvcError, error_text
 from dashboard.panels.actions import ActionsPanel
 from dashboard.panels.compare import ClassifierPanel, CurvesPanel, GalleryPanel, OverviewPanel
@@ -50,6 +57,9 @@ from dashboard.store import QUEUE_REF, ExperimentStore, Plots
 
 log = logging.getLogger("dashboard")
 PREFETCH = 10  # newest experiments whose plots are read ahead
+# A queued or running experiment missing from a read: read again, this many times, this many
+# seconds apart (DVC's window while a worker fetches a finished run's ref; see data.vanished).
+REREADS, REREAD_PAUSE = 3, 1.0
 VIEW_SETTINGS = {
     "filter",
     "sort",
@@ -299,9 +309,16 @@ class Dashboard:
         frame = self.state.frame
         busy = QUEUE_REF in signature or frame["state"].isin(ACTIVE).any()
         self.kept_baselines |= views.active_baselines(frame)
-        frame = self.store.experiments(
-            self.state.all_commits, queue_busy=bool(busy), baselines=sorted(self.kept_baselines)
-        )
+        for attempt in range(REREADS + 1):
+            read = self.store.experiments(
+                self.state.all_commits, queue_busy=bool(busy), baselines=sorted(self.kept_baselines)
+            )
+            missing = vanished(frame, read)
+            if not missing or attempt == REREADS:
+                break  # after the re-reads, gone for real (removed, or its baseline left)
+            log.info("read again: %s between DVC's reads of the queue", sorted(missing))
+            time.sleep(REREAD_PAUSE)
+        frame = read
         self.kept_baselines |= views.active_baselines(frame)
         self.state.read_seconds = time.perf_counter() - start
         self.signature = signature

@@ -727,6 +727,17 @@ def mark_lost(frame: pd.DataFrame, alive, exited) -> pd.DataFrame:
     return frame
 
 
+def vanished(old: pd.DataFrame, new: pd.DataFrame) -> set[tuple[str, str]]:
+    """(baseline, name) of the experiments that `old` shows queued or running and `new` does
+    not show at all. DVC's `exp show` reads the queue, the running tasks and the finished
+    experiments' refs one after another: a run that ends between those reads, while its worker
+    fetches its ref, is in none of them (seen with two workers)."""
+    active = old[(old["kind"] == "experiment") & old["state"].isin([S.QUEUED, S.RUNNING])]
+    shown = new[new["kind"] == "experiment"]
+    now = set(zip(shown["parent"], shown["name"], strict=True))
+    return set(zip(active["parent"], active["name"], strict=True)) - now
+
+
 def carry_picks(old: pd.DataFrame, new: pd.DataFrame, picked: list[str]) -> list[str]:
     """`picked` (ids of `old`) as ids of `new`: a queue task's id changes when it ends (from its
     queue entry to its experiment commit), so a picked running experiment stays picked by name

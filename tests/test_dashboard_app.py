@@ -240,6 +240,34 @@ def test_plots_are_read_only_for_the_picked(app: Dashboard, monkeypatch):
     assert asked == [[app.state.frame.set_index("name").loc["rank-16", "id"]]]
 
 
+def test_a_running_experiment_missing_from_one_read_is_read_again(app: Dashboard, monkeypatch):
+    """DVC's `exp show` can miss a run that ends while it reads (between the running tasks and
+    the refs, with two queue workers: a CI failure): the page reads again rather than drop it,
+    and accepts the loss when the experiment stays gone (removed)."""
+    monkeypatch.setattr("dashboard.app.REREAD_PAUSE", 0)
+    real = app.store.experiments
+    reads: list[int] = []
+    gone = {"rank-8"}
+
+    def flaky(*args, **kwargs):
+        frame = real(*args, **kwargs)
+        reads.append(1)
+        return frame[~frame["name"].isin(gone)] if len(reads) == 1 or "all" in gone else frame
+
+    monkeypatch.setattr(app.store, "experiments", flaky)
+    app.state.frame.loc[app.state.frame["name"] == "rank-8", "state"] = "running"
+    assert app.refresh(force=True)
+    assert len(reads) == 2 and "rank-8" in set(app.state.frame["name"])
+    assert app.state.frame.set_index("name").loc["rank-8", "state"] == "success"
+    reads.clear()
+    app.state.frame.loc[app.state.frame["name"] == "rank-8", "state"] = "queued"
+    gone.add("all")  # removed for good: read 1 + REREADS times, then shown without it
+    assert app.refresh(force=True)
+    assert len(reads) == 4 and "rank-8" not in set(app.state.frame["name"])
+    reads.clear()
+    assert app.refresh(force=True) and len(reads) == 1  # nothing active went missing
+
+
 def test_not_a_dvc_repository_is_a_message(tmp_path: Path):
     app = Dashboard(tmp_path, watch=False)
     assert "is not a DVC repository" in app.panels.header.banner.value
