@@ -311,7 +311,9 @@ class Dashboard:
         self.kept_baselines |= views.active_baselines(frame)
         for attempt in range(REREADS + 1):
             read = self.store.experiments(
-                self.state.all_commits, queue_busy=bool(busy), baselines=sorted(self.kept_baselines)
+                self.state.all_commits,
+                queue_busy=bool(busy),
+                baselines=sorted(self.kept_baselines),
             )
             missing = vanished(frame, read)
             if not missing or attempt == REREADS:
