@@ -6,13 +6,21 @@ lr schedule with warm-up. Latents and text embeddings are encoded once, not on e
 step's randomness comes from (base.seed, step), so a run resumed from a checkpoint continues
 exactly where it stopped. Loss per step goes to dvclive; the LoRA is saved in the diffusers
 format with the resolved params beside it.
+
+With train_lora.num_processes above 1 (or an accelerate config file) the stage runs itself under
+`accelerate launch` (stages/common/launch.py), data parallel: every process draws the step's
+whole batch from (base.seed, step) and trains on its share of it, accelerate averages the
+gradients, and the main process alone logs, saves checkpoints and writes the LoRA. A checkpoint
+holds no process count: a run resumes with any.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -29,9 +37,9 @@ from peft.utils import set_peft_model_state_dict
 from PIL import Image
 from tqdm import tqdm
 
-from stages.common import paths
+from stages.common import launch, paths
 from stages.common.cli import run_stage
-from stages.common.determinism import deterministic_torch
+from stages.common.determinism import THREADS, deterministic_torch
 from stages.common.errors import StageError, StageInterrupted
 from stages.common.fsutil import atomic_dir, atomic_write_json
 from stages.common.params import TrainLoraParams, load_params
@@ -61,8 +69,15 @@ from stages.models.lora import (
 log = logging.getLogger(__name__)
 
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-# Settings that do not change the weights: a checkpoint stays valid when only these change.
-NOT_IN_FINGERPRINT = {"checkpoint_every", "validation_every", "validation_prompt"}
+# Settings that do not change what is trained: a checkpoint stays valid when only these change
+# (the process count changes the order of float sums only: a run resumes with any count).
+NOT_IN_FINGERPRINT = {
+    "checkpoint_every",
+    "validation_every",
+    "validation_prompt",
+    "num_processes",
+    "accelerate_config",
+}
 # train_lora.mixed_precision values that keep the frozen weights in half precision
 HALF_PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -85,17 +100,24 @@ def add_lora(model: torch.nn.Module, config: LoraConfig, key: str) -> None:
 
 
 class StopRequest:
-    """Ctrl-C or SIGTERM during training: finish the current step, save a checkpoint, stop."""
+    """Ctrl-C or SIGTERM during training: finish the current step, save a checkpoint, stop.
 
-    def __init__(self) -> None:
+    Under a launcher every signal asks for that stop: Ctrl-C reaches each training process from
+    the terminal and again from the launcher, which then sends SIGTERM, so a second signal is
+    not a second Ctrl-C there."""
+
+    def __init__(self, abort_on_second: bool = True) -> None:
         self.requested = False
+        self.abort_on_second = abort_on_second
         self.previous = {
             sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
         }
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.requested:  # a second Ctrl-C: stop at once
+        if self.requested and self.abort_on_second:  # a second Ctrl-C: stop at once
             raise KeyboardInterrupt
+        if self.requested:
+            return
         self.requested = True
         log.warning("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
 
@@ -107,9 +129,16 @@ class StopRequest:
 def step_randomness(
     seed: int, step: int, micro: int
 ) -> tuple[np.random.Generator, torch.Generator]:
-    """The random streams of one micro-batch: a function of (seed, step), never of history."""
+    """The random streams of one micro-batch: a function of (seed, step), never of history.
+    The same in every process: each draws the whole batch and trains on its share."""
     rng = np.random.default_rng([seed, step, micro])
     return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+
+def seed_dropout(seed: int, step: int, micro: int, process: int) -> None:
+    """torch's global generator, which LoRA dropout draws from, set from (seed, step, micro,
+    process): a resumed run drops what the uninterrupted one did, and processes differ."""
+    torch.manual_seed(int(np.random.default_rng([seed, step, micro, process, 1]).integers(2**62)))
 
 
 def draw(
@@ -174,9 +203,21 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
         raise StageError(
             "train_lora.mixed_precision = 'fp16' needs a CUDA GPU; use 'bf16' or 'no'"
         )
+    distributed = launch.launched() and int(os.environ["WORLD_SIZE"]) > 1
     accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation,
+        # accelerate runs several processes on the CPU (gloo) only when asked for the CPU
+        cpu=distributed and not torch.cuda.is_available(),
     )
+    main = accelerator.is_main_process
+    if not main:  # one voice: the main process logs and shows the progress bar
+        logging.getLogger().setLevel(logging.WARNING)
+    if cfg.batch_size % accelerator.num_processes:
+        raise StageError(
+            f"train_lora.batch_size = {cfg.batch_size} does not split among the "
+            f"{accelerator.num_processes} processes the launcher started; make it a multiple"
+        )
     set_seed(seed)
     record = read_model_record()
     examples = read_dataset(paths.LORA_DATASET)
@@ -186,54 +227,66 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
     cache_key = fingerprint(
         record, digest, cfg.random_flip, cfg.train_text_encoder, cfg.mixed_precision
     )
-    encoded = encode_dataset(
-        pipe,
-        examples,
-        cfg.random_flip,
-        with_text=not cfg.train_text_encoder,
-        cache_file=paths.user_cache_dir() / "latents" / f"{cache_key}.safetensors",
-    )
+    with accelerator.local_main_process_first():  # one per machine encodes, the rest read it
+        encoded = encode_dataset(
+            pipe,
+            examples,
+            cfg.random_flip,
+            with_text=not cfg.train_text_encoder,
+            cache_file=paths.user_cache_dir() / "latents" / f"{cache_key}.safetensors",
+        )
     run = TrainingRun(cfg, accelerator, pipe)
     checkpoint_file = paths.user_cache_dir() / "checkpoints" / run_id / "checkpoint.safetensors"
     start_step, history = run.resume(load_checkpoint(checkpoint_file, run_id))
     if start_step:
         log.info("resuming from the checkpoint at step %d (%s)", start_step, checkpoint_file)
 
-    live = open_live(paths.TRAIN_LORA)
-    for entry in history:  # the steps done before the interruption: one continuous curve
+    live = open_live(paths.TRAIN_LORA) if main else None
+    for entry in history if main else []:  # the steps done before: one continuous curve
         log_step(live, entry)
     started = time.monotonic()
-    stop = StopRequest()
+    stop = StopRequest(abort_on_second=not launch.launched())
     bar = tqdm(
         range(start_step, cfg.max_steps),
         desc="train lora",
         unit="step",
         initial=start_step,
         total=cfg.max_steps,
+        disable=not main,
     )
     for step in bar:
-        entry = {"step": step, "loss": run.step(encoded, seed, step)}
-        entry["lr"] = run.lr_scheduler.get_last_lr()[0]
+        loss, stopping = run.step(encoded, seed, step, stop.requested)
+        entry = {"step": step, "loss": loss, "lr": run.lr_scheduler.get_last_lr()[0]}
         history.append(entry)
-        log_step(live, entry)
-        bar.set_postfix(loss=f"{entry['loss']:.4f}")
         done = step + 1
-        if cfg.validation_every and done % cfg.validation_every == 0:
-            (image,) = draw(run.pipeline_parts(), cfg.validation_prompt, [seed])
-            live.log_image(f"validation/step-{done:06d}.png", image)
-        periodic = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
-        if (periodic or stop.requested) and done < cfg.max_steps:
-            save_checkpoint(checkpoint_file, run.checkpoint(run_id, done, history))
-        if stop.requested and done < cfg.max_steps:
-            live.end()
+        if main:
+            log_step(live, entry)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if cfg.validation_every and done % cfg.validation_every == 0:
+                (image,) = draw(run.pipeline_parts(), cfg.validation_prompt, [seed])
+                live.log_image(f"validation/step-{done:06d}.png", image)
+            periodic = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+            if (periodic or stopping) and done < cfg.max_steps:
+                save_checkpoint(checkpoint_file, run.checkpoint(run_id, done, history))
+        if stopping and done < cfg.max_steps:
+            accelerator.wait_for_everyone()  # the checkpoint is written before any exits
+            accelerator.end_training()
+            if live is not None:
+                live.end()
+            if not main:
+                sys.exit(130)  # the main process says it
             raise StageInterrupted(
                 f"train_lora interrupted after step {done} of {cfg.max_steps}; checkpoint saved "
                 f"in {checkpoint_file}. Run it again (dvc repro) to resume from there."
             )
     stop.restore()
+    seconds = time.monotonic() - started
+    accelerator.end_training()  # the other processes are done: the main one writes
+    if not main:
+        return
     metrics = run_metrics(history, cfg.max_steps)
     close_live(live, metrics)
-    write_timing(cfg, start_step, time.monotonic() - started)
+    write_timing(cfg, start_step, seconds, accelerator.num_processes)
 
     with atomic_dir(paths.LORA) as out:
         write_lora(out, run, seed, record, examples, digest, run_id)
@@ -286,19 +339,24 @@ class TrainingRun:
             cast_training_params(trained, dtype=torch.float32)
         self.params = [p for model in trained for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=1e-2)
-        lr_scheduler = get_scheduler(
+        self.unet, self.optimizer = accelerator.prepare(unet, optimizer)
+        # Stepped here once per optimizer step, not prepared: accelerate's wrapper steps a
+        # schedule once per process, which would tie a checkpoint to its process count.
+        self.lr_scheduler = get_scheduler(
             cfg.lr_scheduler,
-            optimizer=optimizer,
-            num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
-            num_training_steps=cfg.max_steps * accelerator.num_processes,
-        )
-        self.unet, self.optimizer, self.lr_scheduler = accelerator.prepare(
-            unet, optimizer, lr_scheduler
+            optimizer=self.optimizer.optimizer,
+            num_warmup_steps=cfg.lr_warmup_steps,
+            num_training_steps=cfg.max_steps,
         )
         self.text_encoder = (
             accelerator.prepare(text_encoder) if cfg.train_text_encoder else text_encoder
         )
         self.trained = [self.unet, self.text_encoder] if cfg.train_text_encoder else [self.unet]
+        # Each step's loss and stop request, summed over the processes. One tensor for the
+        # whole run: gloo's worker thread must never drop the last reference to a tensor that
+        # Python made, or it waits for the GIL while the process group is being destroyed
+        # (a hang seen at the end of a two-process run, torch issue 56297).
+        self.shared = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
 
     def trained_unwrapped(self) -> tuple[torch.nn.Module, torch.nn.Module | None]:
         """The UNet and, when it is trained, the text encoder, as plain diffusers models."""
@@ -318,14 +376,22 @@ class TrainingRun:
             "scheduler": self.noise_scheduler,
         }
 
-    def step(self, encoded: Encoded, seed: int, step: int) -> float:
-        """One optimisation step (gradient_accumulation micro-batches); its mean loss."""
+    def step(
+        self, encoded: Encoded, seed: int, step: int, stop: bool = False
+    ) -> tuple[float, bool]:
+        """One optimisation step (gradient_accumulation micro-batches): its mean loss over the
+        whole batch (every process's share), and whether any process was asked to stop (all
+        stop after the same step, or the others would wait for it for ever)."""
         cfg, accelerator, n = self.cfg, self.accelerator, len(encoded.input_ids)
         self.unet.train()
         scaling = self.pipe.vae.config.scaling_factor
+        share = cfg.batch_size // accelerator.num_processes
+        mine = slice(accelerator.process_index * share, (accelerator.process_index + 1) * share)
         losses = []
         for micro in range(cfg.gradient_accumulation):
             rng, generator = step_randomness(seed, step, micro)
+            if cfg.dropout:
+                seed_dropout(seed, step, micro, accelerator.process_index)
             with accelerator.accumulate(*self.trained):
                 index = torch.from_numpy(rng.integers(0, n, cfg.batch_size))
                 if cfg.random_flip:
@@ -333,21 +399,27 @@ class TrainingRun:
                 mean, std = encoded.mean[index], encoded.std[index]
                 latents = (mean + std * torch.randn(mean.shape, generator=generator)) * scaling
                 if cfg.train_text_encoder:
-                    ids = encoded.input_ids[index % n].to(accelerator.device)
+                    ids = encoded.input_ids[(index % n)[mine]].to(accelerator.device)
                     hidden = self.text_encoder(ids)[0]
                 else:
-                    hidden = encoded.hidden[index % n]
+                    hidden = encoded.hidden[(index % n)[mine]]
                 loss = denoising_loss(
-                    self.unet, self.noise_scheduler, latents, hidden, generator, cfg
+                    self.unet, self.noise_scheduler, latents, hidden, generator, cfg, mine
                 )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(self.params, 1.0)
-                self.optimizer.step()
-                self.lr_scheduler.step()
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
-        return float(np.mean(losses))
+        loss = float(np.mean(losses))
+        if accelerator.num_processes == 1:
+            return loss, stop
+        self.shared.copy_(torch.tensor([loss, float(stop)], dtype=torch.float64))
+        torch.distributed.all_reduce(self.shared)  # sums
+        total, stops = self.shared.tolist()
+        return total / accelerator.num_processes, stops > 0
 
     def checkpoint(self, run_id: str, done: int, history: list[dict]) -> dict:
         unet, text_encoder = self.trained_unwrapped()
@@ -389,7 +461,7 @@ def run_metrics(history: list[dict], steps: int) -> dict:
     return {"final_loss": float(np.mean([h["loss"] for h in tail])), "steps": steps}
 
 
-def write_timing(cfg: TrainLoraParams, start_step: int, seconds: float) -> None:
+def write_timing(cfg: TrainLoraParams, start_step: int, seconds: float, processes: int) -> None:
     """How long this run took and from which step it resumed, printed and kept in
     outputs/train_lora/timing.json: beside the outputs, never in them (it differs every run)."""
     steps_run = cfg.max_steps - start_step
@@ -399,12 +471,15 @@ def write_timing(cfg: TrainLoraParams, start_step: int, seconds: float) -> None:
             steps_run * cfg.batch_size * cfg.gradient_accumulation / max(seconds, 1e-9), 2
         ),
         "resumed_from_step": start_step,
+        "processes": processes,
     }
     log.info(
-        "train_lora: %d steps in %.1f s (%.1f images/s)%s",
+        "train_lora: %d steps in %.1f s (%.1f images/s, %d process%s)%s",
         steps_run,
         seconds,
         timing["images_per_second"],
+        processes,
+        "" if processes == 1 else "es",
         f", resumed from step {start_step}" if start_step else "",
     )
     atomic_write_json(paths.TRAIN_LORA_TIMING, timing)
@@ -417,16 +492,20 @@ def denoising_loss(
     hidden: torch.Tensor,
     generator: torch.Generator,
     cfg: TrainLoraParams,
+    share: slice = slice(None),
 ) -> torch.Tensor:
-    """The diffusion training loss of one batch of clean latents and caption embeddings.
+    """The diffusion training loss of the `share` of a batch of clean latents (the caption
+    embeddings `hidden` are that share's already).
 
-    Noise and timesteps come from `generator` on the CPU, so the loss is the same on any device.
+    Noise and timesteps come from `generator` on the CPU, drawn for the whole batch, so the loss
+    is the same on any device and with any number of processes sharing the batch.
     """
     device = next(unet.parameters()).device
     noise = torch.randn(latents.shape, generator=generator)
     count = noise_scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, count, (latents.shape[0],), generator=generator).to(device)
-    latents, noise = latents.to(device), noise.to(device)
+    timesteps = torch.randint(0, count, (latents.shape[0],), generator=generator)
+    latents, noise, timesteps = latents[share], noise[share], timesteps[share]
+    latents, noise, timesteps = latents.to(device), noise.to(device), timesteps.to(device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -452,8 +531,11 @@ def weighted_loss(prediction, target, timesteps, noise_scheduler, cfg: TrainLora
 
 
 def main() -> None:
-    deterministic_torch()
     params = load_params("base", "train_lora")
+    if launch.wanted(params.train_lora):
+        sys.exit(launch.relaunch(params.train_lora, "stages.train_lora"))
+    # the machine's threads shared among the processes on it (one launcher's processes)
+    deterministic_torch(max(1, THREADS // launch.local_processes()))
     train(params.train_lora, params.base.seed)
 
 

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from PIL import ImageColor
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from ruamel.yaml import YAML, YAMLError
 
 from stages.common import paths
@@ -207,6 +215,35 @@ class TrainLoraParams(Section):
     validation_prompt: str = Field(
         "a pkmnlora pokemon", description="Prompt of the validation images"
     )
+    num_processes: int = Field(
+        1,
+        ge=1,
+        le=4096,
+        description="Training processes (one per GPU; data parallel, batch_size split among "
+        "them); above 1 the stage runs itself under `accelerate launch`",
+    )
+    accelerate_config: str | None = Field(
+        None,
+        description="An accelerate config file (`accelerate config --config_file F`) for GPUs, "
+        "nodes and their addresses; null: one machine, num_processes processes",
+    )
+
+    @field_validator("accelerate_config")
+    @classmethod
+    def _config_file(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("give the path of an accelerate config file, or null for none")
+        return value
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> TrainLoraParams:
+        if self.batch_size % self.num_processes:
+            raise ValueError(
+                f"batch_size {self.batch_size} does not split evenly among num_processes "
+                f"{self.num_processes}: each process trains on batch_size / num_processes images; "
+                "make batch_size a multiple of num_processes"
+            )
+        return self
 
 
 class GenerateParams(Section):
@@ -303,7 +340,9 @@ def describe_errors(error: ValidationError, prefix: str, path: Path) -> list[str
             lines.append(f"{path}: unknown key {key}; allowed keys in {prefix}: {allowed}")
             continue
         shown = item.get("input")
-        if shown is None:
+        if isinstance(shown, dict):  # a rule between keys of a section: the message names them
+            lines.append(f"{path}: {key}: {message}")
+        elif shown is None:
             lines.append(f"{path}: {key} is not set: {message}")
         else:
             lines.append(f"{path}: {key} = {shown!r} is not allowed: {message}")
