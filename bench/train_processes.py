@@ -64,16 +64,18 @@ def main() -> None:
         work.write_params(**TINY)
         for stage in STAGES[: STAGES.index("train_lora")]:
             work.run(stage)
-        runs = [
-            timed_run(work, processes, args.steps, args.batch)
-            for _ in range(args.repeats)
-            for processes in (1, args.processes)
-        ]
-    print(f"train_lora, tiny model, {args.steps} steps of a batch of {args.batch}, CPU")
-    print(f"{'processes':>9} {'wall s':>8} {'training s':>11} {'steps/s':>8}")
-    for run in runs:
-        rate = args.steps / run["training"]
-        print(f"{run['processes']:>9} {run['wall']:>8.1f} {run['training']:>11.1f} {rate:>8.1f}")
+        print(f"train_lora, tiny model, {args.steps} steps of a batch of {args.batch}, CPU")
+        print(f"{'processes':>9} {'wall s':>8} {'training s':>11} {'steps/s':>8}", flush=True)
+        runs = []
+        for _ in range(args.repeats):
+            for processes in (1, args.processes):
+                run = timed_run(work, processes, args.steps, args.batch)
+                rate = args.steps / run["training"]
+                print(
+                    f"{processes:>9} {run['wall']:>8.1f} {run['training']:>11.1f} {rate:>8.1f}",
+                    flush=True,
+                )
+                runs.append(run)
     one = next(r["curve"] for r in runs if r["processes"] == 1)
     many = next(r["curve"] for r in runs if r["processes"] == args.processes)
     gap = max(abs(a - b) for a, b in zip(one, many, strict=True))

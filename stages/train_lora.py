@@ -38,7 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from stages.common import launch, paths
-from stages.common.cli import run_stage
+from stages.common.cli import end, run_stage
 from stages.common.determinism import THREADS, deterministic_torch
 from stages.common.errors import StageError, StageInterrupted
 from stages.common.fsutil import atomic_dir, atomic_write_json
@@ -78,6 +78,7 @@ NOT_IN_FINGERPRINT = {
     "num_processes",
     "accelerate_config",
 }
+LIVE_SYNC_SECONDS = 1.0  # how often dvclive's summary and step signal are refreshed
 # train_lora.mixed_precision values that keep the frozen weights in half precision
 HALF_PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -243,7 +244,8 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
 
     live = open_live(paths.TRAIN_LORA) if main else None
     for entry in history if main else []:  # the steps done before: one continuous curve
-        log_step(live, entry)
+        log_step(live, entry, sync=entry is history[-1])
+    pacer = Pacer(LIVE_SYNC_SECONDS)
     started = time.monotonic()
     stop = StopRequest(abort_on_second=not launch.launched())
     bar = tqdm(
@@ -260,8 +262,8 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
         history.append(entry)
         done = step + 1
         if main:
-            log_step(live, entry)
-            bar.set_postfix(loss=f"{loss:.4f}")
+            log_step(live, entry, sync=done == cfg.max_steps or stopping or pacer.due())
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # drawn at its own pace
             if cfg.validation_every and done % cfg.validation_every == 0:
                 (image,) = draw(run.pipeline_parts(), cfg.validation_prompt, [seed])
                 live.log_image(f"validation/step-{done:06d}.png", image)
@@ -274,7 +276,7 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
             if live is not None:
                 live.end()
             if not main:
-                sys.exit(130)  # the main process says it
+                end(130)  # the main process says it
             raise StageInterrupted(
                 f"train_lora interrupted after step {done} of {cfg.max_steps}; checkpoint saved "
                 f"in {checkpoint_file}. Run it again (dvc repro) to resume from there."
@@ -338,7 +340,12 @@ class TrainingRun:
         if cfg.mixed_precision in HALF_PRECISION:
             cast_training_params(trained, dtype=torch.float32)
         self.params = [p for model in trained for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=1e-2)
+        # One fused kernel for all the adapters' updates where torch has it (CPU, CUDA): the
+        # per-tensor loop took 2.7 ms of a 60 ms step on the CPU, the fused one 0.5 ms.
+        fused = accelerator.device.type in ("cpu", "cuda")
+        optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.learning_rate, weight_decay=1e-2, fused=fused or None
+        )
         self.unet, self.optimizer = accelerator.prepare(unet, optimizer)
         # Stepped here once per optimizer step, not prepared: accelerate's wrapper steps a
         # schedule once per process, which would tie a checkpoint to its process count.
@@ -352,11 +359,13 @@ class TrainingRun:
             accelerator.prepare(text_encoder) if cfg.train_text_encoder else text_encoder
         )
         self.trained = [self.unet, self.text_encoder] if cfg.train_text_encoder else [self.unet]
-        # Each step's loss and stop request, summed over the processes. One tensor for the
-        # whole run: gloo's worker thread must never drop the last reference to a tensor that
-        # Python made, or it waits for the GIL while the process group is being destroyed
-        # (a hang seen at the end of a two-process run, torch issue 56297).
+        # Each step's loss and stop request, summed over the processes, and the handle of the
+        # last sum, held until this object goes: gloo's worker thread must never be the one to
+        # drop the last reference to a sum of a tensor that Python made, or it waits for the
+        # GIL while the main thread, holding it, destroys the process group and waits for that
+        # thread (a hang at the end of one two-process run in twenty; torch issue 56297).
         self.shared = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+        self.pending: torch.distributed.Work | None = None
 
     def trained_unwrapped(self) -> tuple[torch.nn.Module, torch.nn.Module | None]:
         """The UNet and, when it is trained, the text encoder, as plain diffusers models."""
@@ -417,7 +426,8 @@ class TrainingRun:
         if accelerator.num_processes == 1:
             return loss, stop
         self.shared.copy_(torch.tensor([loss, float(stop)], dtype=torch.float64))
-        torch.distributed.all_reduce(self.shared)  # sums
+        self.pending = torch.distributed.all_reduce(self.shared, async_op=True)  # sums
+        self.pending.wait()
         total, stops = self.shared.tolist()
         return total / accelerator.num_processes, stops > 0
 
@@ -447,11 +457,33 @@ class TrainingRun:
         return state["step"], state["history"]
 
 
-def log_step(live, entry: dict) -> None:
+def log_step(live, entry: dict, sync: bool = True) -> None:
+    """One step's row of each curve (written at once). With `sync`, also dvclive's per-step
+    work: metrics.json and the step signal that DVC's live views watch. dvclive re-reads every
+    curve on each of those (to post to Studio, even with Studio off): at every step that was
+    4 ms of a 60 ms step and grew with the step count, so the loop syncs about once a second."""
     live.step = entry["step"]
     live.log_metric("loss", entry["loss"])
     live.log_metric("lr", entry["lr"])
-    live.next_step()
+    if sync:
+        live.next_step()
+    else:
+        live.step = entry["step"] + 1  # what next_step leaves
+
+
+class Pacer:
+    """True about once every `seconds`: when the live view is updated. It decides only when
+    files that the run rewrites at its end are refreshed, never what they hold then."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.last = seconds, time.monotonic()
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
 
 
 def run_metrics(history: list[dict], steps: int) -> dict:

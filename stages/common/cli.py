@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from stages.common.errors import ParamsError, StageError, StageInterrupted
 
@@ -23,7 +25,21 @@ def run_stage(main: Callable[[], None]) -> None:
                 "good run stay in the DVC cache: `dvc checkout` restores them).",
                 file=sys.stderr,
             )
-        sys.exit(130 if isinstance(error, StageInterrupted) else 2)
+        end(130 if isinstance(error, StageInterrupted) else 2)
     except KeyboardInterrupt:
         print("error: interrupted; no output was written", file=sys.stderr)
-        sys.exit(130)
+        end(130)
+    end(0)
+
+
+def end(status: int) -> NoReturn:
+    """Exit with `status`. A process of a multi-process run (started by a launcher, WORLD_SIZE
+    above 1) leaves at once once its files are closed and its output flushed: tearing down
+    torch's gloo process group can deadlock (its destructor holds the GIL and waits for a
+    worker thread that needs it; seen once in twenty two-process trainings)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
