@@ -1,6 +1,6 @@
 """train_lora on accelerate's launcher, for real: two CPU processes (gloo) through `dvc repro`,
-against one process with the same global batch; a two-process run stopped by Ctrl-C resumes in
-one process. In `make test`: the tiny settings, 30 steps of a batch of 4."""
+against one process with the same global batch (in `make test`: the tiny settings, 30 steps of a
+batch of 4); a two-process run stopped by Ctrl-C resumes in one process (`make test-slow`)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,7 @@ def trained_base(tmp_path) -> Workdir:
     return work
 
 
+@pytest.mark.slow  # 75 s: with the resume tests of test_diffusion_stages.py
 def test_ctrl_c_stops_two_processes_after_one_step_and_one_process_resumes(trained_base):
     """Ctrl-C reaches the stage, the launcher and both training processes (the terminal's
     process group): they stop after the same step, the main one saves a checkpoint, nothing
