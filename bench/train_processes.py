@@ -15,18 +15,13 @@ table; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import tempfile
 import time
 from pathlib import Path
 
 from tests.conftest import STAGES, TINY, Workdir
-
-
-def curve(work: Workdir) -> list[float]:
-    with (work.path / "outputs/train_lora/plots/metrics/loss.tsv").open() as file:
-        return [float(row["loss"]) for row in csv.DictReader(file, delimiter="\t")]
+from tests.test_train_processes import curve
 
 
 def timed_run(work: Workdir, processes: int, steps: int, batch: int) -> dict:
@@ -47,7 +42,7 @@ def timed_run(work: Workdir, processes: int, steps: int, batch: int) -> dict:
         "processes": processes,
         "wall": wall,
         "training": timing["seconds"],
-        "curve": curve(work),
+        "curve": [loss for _, loss in curve(work.path)],
     }
 
 

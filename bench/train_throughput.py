@@ -47,6 +47,10 @@ from stages.train_lora import denoising_loss
 from tests.conftest import Workdir
 
 SD15 = Path(__file__).with_name("sd15")
+# the rows of the training table
+FLOOR = "UNet forward + backward (the floor)"
+STAGE = "train_lora stage, steady state"
+EXAMPLE = "encode every step (the diffusers example)"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -159,6 +163,7 @@ def stage_runs(pipe, dataset: Path, cfg, dtype_name: str, short: int, long: int)
         (work.path / "data/processed").mkdir(parents=True)
         shutil.copytree(dataset, work.path / "data/processed/lora_dataset")
         pipe.save_pretrained(Path(tmp) / "model")
+        model = {"base": str(Path(tmp) / "model")}
         precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[dtype_name]
         settings = {
             "batch_size": cfg.batch_size,
@@ -167,14 +172,11 @@ def stage_runs(pipe, dataset: Path, cfg, dtype_name: str, short: int, long: int)
             "checkpoint_every": 0,
             "validation_every": 0,
         }
-        work.write_params(model={"base": str(Path(tmp) / "model")}, train_lora=settings)
+        work.write_params(model=model, train_lora=settings)
         work.run("set_up_diffusers")
         runs = {}
         for steps in (short, long):
-            work.write_params(
-                model={"base": str(Path(tmp) / "model")},
-                train_lora={**settings, "max_steps": steps},
-            )
+            work.write_params(model=model, train_lora={**settings, "max_steps": steps})
             start = time.perf_counter()
             work.run("train_lora")
             wall = time.perf_counter() - start
@@ -258,8 +260,8 @@ def main() -> None:
         stage = stage_runs(build_pipe(args.sd15), folder, cfg, args.dtype, args.short, args.long)
         results = {}
         for name, method in (
-            ("UNet forward + backward (the floor)", unet_floor),
-            ("encode every step (the diffusers example)", train_encode_every_step),
+            (FLOOR, unet_floor),
+            (EXAMPLE, train_encode_every_step),
         ):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
@@ -269,7 +271,7 @@ def main() -> None:
             results[name]["seconds"] /= args.steps  # per step
             if device.type == "cuda":
                 results[name]["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        results["train_lora stage, steady state"] = {
+        results[STAGE] = {
             "seconds": stage["step_seconds"],
             "setup": stage["startup"],
         }
@@ -299,11 +301,11 @@ def main() -> None:
     header = ["training", "steps/s", "images/s", "ms/step", "start-up (s)", "peak GPU GiB"]
     print_row([*header, "x encode every step"])
     print("|---|---:|---:|---:|---:|---:|---:|")
-    slow = results["encode every step (the diffusers example)"]["seconds"]
+    slow = results[EXAMPLE]["seconds"]
     for name in (
-        "UNet forward + backward (the floor)",
-        "train_lora stage, steady state",
-        "encode every step (the diffusers example)",
+        FLOOR,
+        STAGE,
+        EXAMPLE,
     ):
         r = results[name]
         steps_per_s = 1 / r["seconds"]

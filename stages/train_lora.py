@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -38,7 +37,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from stages.common import launch, paths
-from stages.common.cli import end, run_stage
+from stages.common.cli import end, multi_process, run_stage
 from stages.common.determinism import THREADS, deterministic_torch
 from stages.common.errors import StageError, StageInterrupted
 from stages.common.fsutil import atomic_dir, atomic_write_json
@@ -115,9 +114,9 @@ class StopRequest:
         }
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.requested and self.abort_on_second:  # a second Ctrl-C: stop at once
-            raise KeyboardInterrupt
         if self.requested:
+            if self.abort_on_second:  # a second Ctrl-C: stop at once
+                raise KeyboardInterrupt
             return
         self.requested = True
         log.warning("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
@@ -204,12 +203,11 @@ def train(cfg: TrainLoraParams, seed: int) -> None:
         raise StageError(
             "train_lora.mixed_precision = 'fp16' needs a CUDA GPU; use 'bf16' or 'no'"
         )
-    distributed = launch.launched() and int(os.environ["WORLD_SIZE"]) > 1
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation,
         # accelerate runs several processes on the CPU (gloo) only when asked for the CPU
-        cpu=distributed and not torch.cuda.is_available(),
+        cpu=multi_process() and not torch.cuda.is_available(),
     )
     main = accelerator.is_main_process
     if not main:  # one voice: the main process logs and shows the progress bar

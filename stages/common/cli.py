@@ -32,12 +32,17 @@ def run_stage(main: Callable[[], None]) -> None:
     end(0)
 
 
+def multi_process() -> bool:
+    """Whether this process is one of several of a run that a launcher started (WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def end(status: int) -> NoReturn:
-    """Exit with `status`. A process of a multi-process run (started by a launcher, WORLD_SIZE
-    above 1) leaves at once once its files are closed and its output flushed: tearing down
-    torch's gloo process group can deadlock (its destructor holds the GIL and waits for a
-    worker thread that needs it; seen once in twenty two-process trainings)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    """Exit with `status`. A process of a multi-process run leaves at once once its files are
+    closed and its output flushed: tearing down torch's gloo process group can deadlock (its
+    destructor holds the GIL and waits for a worker thread that needs it; seen once in twenty
+    two-process trainings)."""
+    if multi_process():
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
